@@ -121,7 +121,8 @@ UNIT_OF: dict[Opcode, Unit] = {
 #: Control/status registers of the AXI4-Lite slave: (name, byte offset, access, meaning).
 CSRS: tuple[tuple[str, int, str, str], ...] = (
     ("CTRL", 0x00, "w", "bit 0: start the program (ignored while busy)"),
-    ("STATUS", 0x04, "r", "bit 0: busy, bit 1: done since the last start"),
+    ("STATUS", 0x04, "r", "bit 0: busy, bit 1: done since the last start, "
+                              "bit 2: stopped at an illegal instruction"),
     ("PROG_ADDR", 0x08, "rw", "byte address of the first instruction"),
     ("PROG_LEN", 0x0C, "rw", "number of instructions, END included"),
     ("CYCLES_LO", 0x10, "r", "cycles from start to done, low word"),

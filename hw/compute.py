@@ -1,0 +1,208 @@
+"""The compute unit: weight preload, activation streaming and accumulation."""
+
+from amaranth import Array, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from lowbit import isa
+from lowbit.isa import Opcode
+
+from .decode import TokenPort, field, opcode_of
+from .pe import SystolicArray
+
+__all__ = ["ComputeUnit", "compute_timing"]
+
+
+def compute_timing(cfg) -> dict:
+    """Fixed latencies of the compute pipeline, shared with the cycle simulator.
+
+    ``feed``: cycles from an activation read to the vector entering the array.
+    ``result``: cycles from an activation read to its accumulator write (completion).
+    ``bank_wait``: cycles after the last read of a tile before its bank may be rewritten.
+    """
+    feed = 2
+    latency = cfg.rows + cfg.cols - 1
+    return {"feed": feed, "result": feed + latency,
+            "bank_wait": feed + cfg.rows + cfg.cols - 2}
+
+
+class ComputeUnit(wiring.Component):
+    """Executes COMPUTE (and SYNC on the compute unit) as a three-stage pipeline.
+
+    * **P** (preload) takes an instruction from the queue (taking its tokens), reads the
+      weight tile's ``weight_tile_beats`` words, one per cycle, into a shift chain.
+    * **S** (stream) takes over from P when the chain is full, S is on its last row or idle,
+      and the weight bank the tile goes to has drained; at that edge the chain is committed
+      to the bank. S reads one activation line per cycle; a SYNC occupies S for one cycle.
+    * Results are written to the accumulator memory ``result`` cycles after each read
+      (read-modify-write through a transparent port); an instruction completes, and pushes
+      its tokens, on the edge its last result is written.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        R, C = cfg.rows, cfg.cols
+        super().__init__({
+            "instr": In(stream.Signature(isa.INSTR_BITS)),
+            "tok_prev": Out(TokenPort()),
+            "tok_next": Out(TokenPort()),
+            "act_en": Out(1), "act_addr": Out(16), "act_data": In(cfg.act_line_bits),
+            "wgt_en": Out(1), "wgt_addr": Out(16), "wgt_data": In(cfg.bus_bits),
+            "acc_rd_en": Out(1), "acc_rd_addr": Out(16), "acc_rd_data": In(C * cfg.acc_bits),
+            "acc_wr_en": Out(1), "acc_wr_addr": Out(16), "acc_wr_data": Out(C * cfg.acc_bits),
+            "busy": Out(1),
+        })
+        self.timing = compute_timing(cfg)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        R, C, W = cfg.rows, cfg.cols, cfg.bus_bits
+        nw = cfg.weight_tile_beats
+        F = Opcode.COMPUTE
+        ins = self.instr.payload
+        tm = self.timing
+
+        m.submodules.array = array = SystolicArray(
+            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits)
+
+        # -- P stage ------------------------------------------------------------------------
+        p_valid = Signal()
+        p_sync = Signal()
+        p_act = Signal(16)
+        p_acc = Signal(16)
+        p_rows = Signal(16)
+        p_accum = Signal()
+        p_uns = Signal()
+        p_push_prev = Signal()
+        p_push_next = Signal()
+        p_rd_ptr = Signal(16)
+        p_rd_left = Signal(range(nw + 1))
+        p_fill_left = Signal(range(nw + 1))
+        p_rd_v = Signal()
+        chain = Signal(nw * W)
+
+        pop_prev = field(ins, F, "pop_prev")
+        pop_next = field(ins, F, "pop_next")
+        take = Signal()
+        m.d.comb += take.eq(self.instr.valid & ~p_valid
+                            & (~pop_prev | self.tok_prev.avail)
+                            & (~pop_next | self.tok_next.avail))
+        with m.If(take):
+            is_sync = opcode_of(ins) != Opcode.COMPUTE
+            m.d.comb += [self.instr.ready.eq(1),
+                         self.tok_prev.take.eq(pop_prev), self.tok_next.take.eq(pop_next)]
+            m.d.sync += [
+                p_valid.eq(1), p_sync.eq(is_sync),
+                p_act.eq(field(ins, F, "act_addr")), p_acc.eq(field(ins, F, "acc_addr")),
+                p_rows.eq(field(ins, F, "rows")), p_accum.eq(field(ins, F, "accumulate")),
+                p_uns.eq(field(ins, F, "act_unsigned")),
+                p_push_prev.eq(field(ins, F, "push_prev")),
+                p_push_next.eq(field(ins, F, "push_next")),
+                p_rd_ptr.eq(field(ins, F, "weight_addr")),
+                p_rd_left.eq(Mux(is_sync, 0, nw)),
+                p_fill_left.eq(Mux(is_sync, 0, nw)),
+            ]
+        # Weight words: read one per cycle, shift into the chain a cycle later.
+        m.d.comb += [self.wgt_en.eq(p_rd_left != 0), self.wgt_addr.eq(p_rd_ptr)]
+        m.d.sync += p_rd_v.eq(p_rd_left != 0)
+        with m.If(p_rd_left != 0):
+            m.d.sync += [p_rd_ptr.eq(p_rd_ptr + 1), p_rd_left.eq(p_rd_left - 1)]
+        with m.If(p_rd_v):
+            if nw > 1:
+                m.d.sync += chain.eq((chain >> W) | (self.wgt_data << ((nw - 1) * W)))
+            else:
+                m.d.sync += chain.eq(self.wgt_data)
+            m.d.sync += p_fill_left.eq(p_fill_left - 1)
+
+        # -- S stage ------------------------------------------------------------------------
+        s_left = Signal(17)
+        s_act = Signal(16)
+        s_acc = Signal(16)
+        s_accum = Signal()
+        s_uns = Signal()
+        s_sync = Signal()
+        s_push_prev = Signal()
+        s_push_next = Signal()
+        bank = Signal()            # bank of the tile in S (or the last one)
+        next_bank = Signal()
+        bank_wait = Array(Signal(range(tm["bank_wait"] + 1), name=f"bank_wait{b}")
+                          for b in range(2))
+
+        handoff = Signal()
+        m.d.comb += handoff.eq(p_valid & (p_fill_left == 0) & (s_left <= 1)
+                               & (p_sync | (bank_wait[next_bank] == 0)))
+        for b in range(2):
+            with m.If(bank_wait[b] != 0):
+                m.d.sync += bank_wait[b].eq(bank_wait[b] - 1)
+
+        issuing = Signal()
+        m.d.comb += issuing.eq(s_left != 0)
+        last = Signal()
+        m.d.comb += last.eq(s_left == 1)
+        with m.If(issuing):
+            m.d.sync += [s_left.eq(s_left - 1), s_act.eq(s_act + 1), s_acc.eq(s_acc + 1)]
+            with m.If(last & ~s_sync):
+                m.d.sync += bank_wait[bank].eq(tm["bank_wait"])
+        with m.If(handoff):
+            m.d.sync += [
+                p_valid.eq(0),
+                s_left.eq(Mux(p_sync, 1, p_rows)),
+                s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
+                s_sync.eq(p_sync),
+                s_push_prev.eq(p_push_prev), s_push_next.eq(p_push_next),
+            ]
+            with m.If(~p_sync):
+                m.d.comb += [array.w_load.eq(1), array.w_bank.eq(next_bank),
+                             array.w_tile.eq(chain)]
+                m.d.sync += [bank.eq(next_bank), next_bank.eq(~next_bank)]
+
+        # Activation read and feed (``feed`` = 2 cycles to the array input).
+        m.d.comb += [self.act_en.eq(issuing & ~s_sync), self.act_addr.eq(s_act)]
+        uns_d = Signal()
+        sel_d = Array(Signal(name=f"sel_d{k}") for k in range(2))
+        m.d.sync += [uns_d.eq(s_uns), sel_d[0].eq(bank), sel_d[1].eq(sel_d[0])]
+        for i in range(R):
+            byte = self.act_data[i * 8:(i + 1) * 8]
+            a = Signal.like(array.a[i], name=f"a{i}")
+            m.d.sync += a.eq(byte.as_signed())
+            with m.If(uns_d):
+                m.d.sync += a.eq(byte.as_unsigned())
+            m.d.comb += array.a[i].eq(a)
+        m.d.comb += array.sel.eq(sel_d[1])
+
+        # -- result pipeline ----------------------------------------------------------------
+        D = tm["result"]
+        meta_layout = [("valid", 1), ("addr", 16), ("accum", 1), ("pprev", 1), ("pnext", 1)]
+
+        def meta_sig(name):
+            return {k: Signal(w, name=f"{name}_{k}") for k, w in meta_layout}
+
+        stages = [meta_sig(f"meta{k}") for k in range(D + 1)]
+        m.d.comb += [
+            stages[0]["valid"].eq(issuing & ~s_sync),
+            stages[0]["addr"].eq(s_acc),
+            stages[0]["accum"].eq(s_accum),
+            stages[0]["pprev"].eq(issuing & last & s_push_prev),
+            stages[0]["pnext"].eq(issuing & last & s_push_next),
+        ]
+        for k in range(D):
+            m.d.sync += [stages[k + 1][n].eq(stages[k][n]) for n, _ in meta_layout]
+        rd, wr = stages[D - 1], stages[D]
+        m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
+        aw = cfg.acc_bits
+        m.d.comb += [self.acc_wr_en.eq(wr["valid"]), self.acc_wr_addr.eq(wr["addr"])]
+        for j in range(C):
+            old = self.acc_rd_data[j * aw:(j + 1) * aw].as_signed()
+            new = array.p[j]
+            m.d.comb += self.acc_wr_data[j * aw:(j + 1) * aw].eq(
+                new + Mux(wr["accum"], old, 0))
+        m.d.comb += [self.tok_prev.give.eq(wr["pprev"]), self.tok_next.give.eq(wr["pnext"])]
+
+        inflight = Signal()
+        m.d.comb += inflight.eq(0)
+        for st in stages[1:]:
+            with m.If(st["valid"] | st["pprev"] | st["pnext"]):
+                m.d.comb += inflight.eq(1)
+        m.d.comb += self.busy.eq(p_valid | issuing | inflight)
+        return m

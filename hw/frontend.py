@@ -1,0 +1,117 @@
+"""Instruction fetch over AXI4 and in-order dispatch to the unit queues."""
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from lowbit import isa
+from lowbit.isa import Opcode, Unit
+
+from .axi import BURST_INCR, AXI4ReadSignature
+from .decode import field, opcode_of
+
+__all__ = ["Frontend"]
+
+
+class Frontend(wiring.Component):
+    """Fetches ``fetch_burst`` instructions per AXI4 burst, then dispatches them in order.
+
+    Fetch and dispatch alternate: one AR, the burst's beats into a buffer, then one
+    instruction per cycle into its unit's queue (``valid`` held while the queue is full).
+    END (or an unknown opcode, which also sets ``error``) waits until every unit is idle
+    and then pulses ``done``. ``PROG_ADDR`` must be aligned to ``fetch_burst * 16`` bytes.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "start": In(1), "prog_addr": In(32), "prog_len": In(32),
+            "imem": Out(AXI4ReadSignature(addr_width=cfg.addr_bits, data_width=cfg.bus_bits)),
+            "q_load": Out(stream.Signature(isa.INSTR_BITS)),
+            "q_compute": Out(stream.Signature(isa.INSTR_BITS)),
+            "q_store": Out(stream.Signature(isa.INSTR_BITS)),
+            "units_idle": In(1),
+            "done": Out(1), "error": Out(1), "dispatched": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        W, FB = cfg.bus_bits, cfg.fetch_burst
+        IB = isa.INSTR_BITS
+        buf = Signal(max(FB * IB, W))
+        pc = Signal(32)
+        left = Signal(32)
+        n = Signal(range(FB + 1))
+        idx = Signal(range(FB + 1))
+        beat = Signal(range(max(FB * IB // W, 1) + 1))
+        imem = self.imem
+        m.d.comb += [imem.arsize.eq(exact_log2(W // 8)), imem.arburst.eq(BURST_INCR),
+                     imem.rready.eq(1)]
+
+        cur = buf.word_select(idx[:exact_log2(FB)] if FB > 1 else 0, IB)
+        op = opcode_of(cur)
+        sync_unit = field(cur, Opcode.SYNC, "unit")
+        queues = {Unit.LOAD: self.q_load, Unit.COMPUTE: self.q_compute,
+                  Unit.STORE: self.q_store}
+        for q in queues.values():
+            m.d.comb += q.payload.eq(cur)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [pc.eq(self.prog_addr), left.eq(self.prog_len),
+                                 self.dispatched.eq(0), self.error.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                take = Mux(left < FB, left, FB)
+                with m.If(left == 0):
+                    m.d.sync += self.error.eq(1)
+                    m.next = "END"
+                with m.Elif(~imem.arvalid):
+                    if W >= IB:
+                        beats = (take + (W // IB - 1)) >> exact_log2(W // IB)
+                    else:
+                        beats = take << exact_log2(IB // W)
+                    m.d.sync += [imem.arvalid.eq(1), imem.araddr.eq(pc),
+                                 imem.arlen.eq(beats - 1), n.eq(take), beat.eq(0)]
+                with m.Elif(imem.arready):
+                    m.d.sync += imem.arvalid.eq(0)
+                    m.next = "RECV"
+            with m.State("RECV"):
+                with m.If(imem.rvalid):
+                    m.d.sync += [buf.word_select(beat, W).eq(imem.rdata), beat.eq(beat + 1)]
+                    with m.If(imem.rlast):
+                        m.d.sync += idx.eq(0)
+                        m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                fire = Signal()
+                with m.Switch(op):
+                    for opc in (Opcode.LOAD, Opcode.COMPUTE, Opcode.STORE):
+                        with m.Case(opc):
+                            q = queues[isa.UNIT_OF[opc]]
+                            m.d.comb += [q.valid.eq(1), fire.eq(q.ready)]
+                    with m.Case(Opcode.SYNC):
+                        for u, q in queues.items():
+                            with m.If(sync_unit == u):
+                                m.d.comb += [q.valid.eq(1), fire.eq(q.ready)]
+                        with m.If(sync_unit > max(Unit)):
+                            m.d.sync += self.error.eq(1)
+                            m.next = "END"
+                    with m.Case(Opcode.END):
+                        m.next = "END"
+                    with m.Default():
+                        m.d.sync += self.error.eq(1)
+                        m.next = "END"
+                with m.If(fire):
+                    m.d.sync += [idx.eq(idx + 1), self.dispatched.eq(self.dispatched + 1)]
+                    with m.If(idx == n - 1):
+                        m.d.sync += [pc.eq(pc + (n << 4)), left.eq(left - n)]
+                        m.next = "FETCH"
+            with m.State("END"):
+                with m.If(self.units_idle):
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += self.dispatched.eq(self.dispatched + 1)
+                    m.next = "IDLE"
+        return m
