@@ -1,0 +1,214 @@
+"""The cycle-accurate simulator: exact RTL cycle counts at transaction level.
+
+The simulator never steps a clock. It walks the program once, in program order, and
+computes for every instruction the clock edge at which it is dispatched, starts (takes its
+tokens) and completes (gives its tokens), from closed-form latencies of each unit
+(:class:`Timing`, derived from the same config the hardware is generated from). The walk is
+exact because every dependency points backwards in program order: a queue slot frees when
+an earlier instruction of the same unit starts, and a token is given by an earlier
+instruction (the compiler's invariant; a program that breaks it deadlocks the hardware and
+is refused here).
+
+Outputs come from the functional interpreter (:mod:`lowbit.sim.reference`), which is exact
+for race-free programs. Latency model, per unit (``L`` = memory latency, edges counted from
+the CTRL write that starts the program; see ``docs/architecture.md``):
+
+* fetch: AR two edges after the previous group's last dispatch (edge ``s+2`` for the first
+  group); the group's beats arrive from ``L`` edges later; one dispatch per edge, waiting
+  while the target queue is full.
+* load: start ``S`` >= dispatch + 1; completes at ``S + L + beats + 1``; next start one
+  edge later.
+* compute: preload start ``P`` >= dispatch + 1 and previous hand-off + 1; hand-off
+  ``X >= P + nw + 2``, >= the previous instruction's last row, >= the last row of the
+  tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows``; completes
+  ``result`` edges after the last row.
+* store: start ``S``; completes at ``S + 4 + max(beats, rows) + L``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbit.executors import RunResult
+from lowbit.isa import Opcode, Unit
+from lowbit.program import Program, ProgramError
+
+try:
+    from .reference import run_reference
+except ImportError:  # pragma: no cover
+    run_reference = None
+
+__all__ = ["Timing", "run_cycle_sim", "simulate_timing"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every fixed latency of the hardware for one config and memory latency."""
+
+    mem_latency: int
+    weight_tile_beats: int
+    result: int          # activation read -> accumulator write
+    bank_wait: int       # last read of a tile -> its bank may be reloaded
+    queue_depth: int
+    fetch_burst: int
+    instr_beats_num: int  # beats for n instructions = ceil(n * num / den)
+    instr_beats_den: int
+    out_line_bits: int
+    bus_bits: int
+
+    @classmethod
+    def of(cls, cfg, mem_latency: int) -> Timing:
+        from lowbit.hw.compute import compute_timing
+
+        ct = compute_timing(cfg)
+        return cls(mem_latency=mem_latency, weight_tile_beats=cfg.weight_tile_beats,
+                   result=ct["result"], bank_wait=ct["bank_wait"],
+                   queue_depth=cfg.queue_depth, fetch_burst=cfg.fetch_burst,
+                   instr_beats_num=128, instr_beats_den=cfg.bus_bits,
+                   out_line_bits=cfg.out_line_bits, bus_bits=cfg.bus_bits)
+
+    def fetch_beats(self, n: int) -> int:
+        return -(-n * self.instr_beats_num // self.instr_beats_den)
+
+
+class _Tokens:
+    """Give edges of one counter, matched in order to takes."""
+
+    def __init__(self, name):
+        self.name, self.gives, self.takes = name, [], 0
+
+    def take_edge(self, index: int) -> int:
+        if self.takes >= len(self.gives):
+            raise ProgramError(f"instruction {index} waits for a {self.name} token that no "
+                               f"earlier instruction gives: the hardware would deadlock")
+        edge = self.gives[self.takes] + 1
+        self.takes += 1
+        return edge
+
+
+def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
+    """``(cycles, counters)`` of ``program`` on its config's hardware."""
+    cfg = program.config
+    tm = Timing.of(cfg, mem_latency)
+    L, Q, FB = tm.mem_latency, tm.queue_depth, tm.fetch_burst
+    tok = {k: _Tokens(k) for k in ("load->compute", "compute->load", "compute->store",
+                                   "store->compute")}
+    pops: dict[Unit, list[int]] = {u: [] for u in Unit}
+    counters = {k: 0 for k in (
+        "load_busy", "compute_busy", "store_busy", "load_wait", "compute_wait", "store_wait",
+        "dram_read_bytes", "dram_write_bytes", "imem_read_bytes", "macs", "compute_rows",
+        "dispatch_stall")}
+
+    s = 0                       # edge of the CTRL write
+    load_free = compute_pfree = store_free = 0
+    s_free = 0                  # compute S stage accepts a hand-off at this edge or later
+    last_rows: list[int] = []   # last-row edges of COMPUTE tiles, in order
+    load_idle = compute_idle = store_idle = 0
+    n = len(program.instrs)
+    group_end = -1
+    next_attempt = 0
+    fetch_start = s             # edge at which FETCH state is entered
+    d_end = None
+    for i, ins in enumerate(program.instrs):
+        if i > group_end:        # fetch a new group
+            count = min(FB, n - i)
+            beats = tm.fetch_beats(count)
+            ar = fetch_start + 2
+            next_attempt = ar + L + beats
+            group_end = i + count - 1
+            counters["imem_read_bytes"] += beats * cfg.beat_bytes
+        if ins.opcode == Opcode.END:
+            d_end = next_attempt
+            break
+        unit = ins.unit
+        k = len(pops[unit])
+        d = next_attempt
+        if k >= Q:
+            d = max(d, pops[unit][k - Q] + 1)
+        counters["dispatch_stall"] += d - next_attempt
+        next_attempt = d + 1
+        if i == group_end:
+            fetch_start = d
+        if unit == Unit.LOAD:
+            ready = max(d + 1, load_free)
+            start = ready
+            if ins.pop_next:
+                start = max(start, tok["compute->load"].take_edge(i))
+            counters["load_wait"] += start - ready
+            if ins.opcode == Opcode.LOAD:
+                beats = ins.rows * ins.row_beats
+                end = start + L + beats + 1
+                load_free = end + 1
+                counters["dram_read_bytes"] += beats * cfg.beat_bytes
+            else:
+                end = start + 1
+                load_free = start + 2
+            counters["load_busy"] += load_free - start
+            load_idle = load_free
+            if ins.push_next:
+                tok["load->compute"].gives.append(end)
+        elif unit == Unit.COMPUTE:
+            ready = max(d + 1, compute_pfree)
+            start = ready
+            if ins.pop_prev:
+                start = max(start, tok["load->compute"].take_edge(i))
+            if ins.pop_next:
+                start = max(start, tok["store->compute"].take_edge(i))
+            counters["compute_wait"] += start - ready
+            sync = ins.opcode == Opcode.SYNC
+            x = max(start + (1 if sync else tm.weight_tile_beats + 2), s_free)
+            if not sync and len(last_rows) >= 2:
+                x = max(x, last_rows[-2] + tm.bank_wait + 1)
+            rows = 1 if sync else ins.rows
+            last = x + rows
+            s_free = last
+            compute_pfree = x + 1
+            end = last + tm.result
+            if sync:
+                compute_idle = max(compute_idle,
+                                   end + 1 if (ins.push_prev or ins.push_next) else x + 2)
+            else:
+                last_rows.append(last)
+                compute_idle = max(compute_idle, end + 1)
+                counters["macs"] += rows * cfg.rows * cfg.cols
+                counters["compute_rows"] += rows
+                counters["compute_busy"] += rows
+            if ins.push_prev:
+                tok["compute->load"].gives.append(end)
+            if ins.push_next:
+                tok["compute->store"].gives.append(end)
+        else:
+            ready = max(d + 1, store_free)
+            start = ready
+            if ins.pop_prev:
+                start = max(start, tok["compute->store"].take_edge(i))
+            counters["store_wait"] += start - ready
+            if ins.opcode == Opcode.STORE:
+                beats = ins.rows * tm.out_line_bits // tm.bus_bits
+                end = start + 4 + max(beats, ins.rows) + L
+                store_free = end + 1
+                counters["dram_write_bytes"] += beats * cfg.beat_bytes
+            else:
+                end = start + 1
+                store_free = start + 2
+            counters["store_busy"] += store_free - start
+            store_idle = store_free
+            if ins.push_prev:
+                tok["store->compute"].gives.append(end)
+        pops[unit].append(start)
+    if d_end is None:
+        raise ProgramError("program has no END")
+    done = max(d_end + 1, load_idle, compute_idle, store_idle)
+    for name, t in tok.items():
+        if t.takes != len(t.gives):
+            counters.setdefault("unbalanced_tokens", 0)
+            counters["unbalanced_tokens"] += len(t.gives) - t.takes
+    counters["instrs"] = n
+    cycles = done - s
+    return cycles, counters
+
+
+def run_cycle_sim(program: Program, inputs, *, mem_latency: int) -> RunResult:
+    cycles, counters = simulate_timing(program, mem_latency=mem_latency)
+    functional = run_reference(program, inputs)
+    return RunResult(outputs=functional.outputs, cycles=cycles, counters=counters)

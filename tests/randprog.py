@@ -1,0 +1,72 @@
+"""Random, deadlock-free instruction streams for timing tests (data is not meaningful)."""
+
+import numpy as np
+
+from lowbit import isa
+from lowbit.checks import memory_beats
+from lowbit.isa import LoadTarget, Opcode, Unit
+from lowbit.program import Program
+
+
+def random_program(cfg, seed: int, *, length: int = 24) -> Program:
+    rng = np.random.default_rng(seed)
+    B = cfg.beat_bytes
+    counts = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
+    instrs = []
+
+    def pop(name):
+        if counts[name] and rng.random() < 0.6:
+            counts[name] -= 1
+            return 1
+        return 0
+
+    def push(name):
+        if rng.random() < 0.5:
+            counts[name] += 1
+            return 1
+        return 0
+
+    for _ in range(length):
+        kind = rng.choice(["load", "load", "compute", "compute", "store", "sync"])
+        if kind == "load":
+            target = LoadTarget(int(rng.integers(0, 3)))
+            cap = memory_beats(cfg, target)
+            rows = int(rng.integers(1, 4))
+            row_beats = int(rng.integers(1, max(2, min(40, cap // rows))))
+            sp = int(rng.integers(0, cap - rows * row_beats + 1))
+            base = int(rng.integers(0, (cfg.mem_bytes // 4) // B)) * B
+            stride = int(rng.integers(row_beats, row_beats + 300)) * B
+            instrs.append(isa.make(Opcode.LOAD, target=target, sp_addr=sp, rows=rows,
+                                   row_beats=row_beats, dram_addr=base, stride=stride,
+                                   pop_next=pop("c2l"), push_next=push("l2c")))
+        elif kind == "compute":
+            rows = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
+            instrs.append(isa.make(
+                Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - rows)),
+                weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),
+                acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
+                accumulate=int(rng.integers(0, 2)), act_unsigned=int(rng.integers(0, 2)),
+                pop_prev=pop("l2c"), pop_next=pop("s2c"),
+                push_prev=push("c2l"), push_next=push("c2s")))
+        elif kind == "store":
+            lpb = max(1, cfg.bus_bits // cfg.out_line_bits)
+            rows = int(rng.integers(1, max(2, min(12, cfg.acc_depth // lpb)))) * lpb
+            base = int(rng.integers((cfg.mem_bytes // 2) // B, cfg.mem_bytes // B - 4096)) * B
+            instrs.append(isa.make(
+                Opcode.STORE, acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
+                param_addr=int(rng.integers(0, cfg.param_depth)), relu=int(rng.integers(0, 2)),
+                out_bits=int(rng.integers(2, 9)), out_unsigned=int(rng.integers(0, 2)),
+                dram_addr=base, pop_prev=pop("c2s"), push_prev=push("s2c")))
+        else:
+            unit = Unit(int(rng.integers(0, 3)))
+            f = {"unit": unit}
+            if unit == Unit.LOAD:
+                f.update(pop_next=pop("c2l"), push_next=push("l2c"))
+            elif unit == Unit.COMPUTE:
+                f.update(pop_prev=pop("l2c"), pop_next=pop("s2c"), push_prev=push("c2l"),
+                         push_next=push("c2s"))
+            else:
+                f.update(pop_prev=pop("c2s"), push_prev=push("s2c"))
+            instrs.append(isa.make(Opcode.SYNC, **f))
+    instrs.append(isa.make(Opcode.END))
+    return Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[])
