@@ -41,7 +41,7 @@ class ComputeUnit(wiring.Component):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        R, C = cfg.rows, cfg.cols
+        C = cfg.cols
         super().__init__({
             "instr": In(stream.Signature(isa.INSTR_BITS)),
             "tok_prev": Out(TokenPort()),

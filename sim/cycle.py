@@ -199,7 +199,7 @@ def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
     if d_end is None:
         raise ProgramError("program has no END")
     done = max(d_end + 1, load_idle, compute_idle, store_idle)
-    for name, t in tok.items():
+    for t in tok.values():
         if t.takes != len(t.gives):
             counters.setdefault("unbalanced_tokens", 0)
             counters["unbalanced_tokens"] += len(t.gives) - t.takes
