@@ -1,0 +1,123 @@
+"""The functional reference executor: a numpy interpreter of the lowbit ISA.
+
+:func:`run_reference` executes a :class:`~lowbit.program.Program` instruction by instruction
+in program order. That is the meaning of a program: the compiler's dependency tokens make
+the concurrent hardware produce exactly the same memory contents, so the tokens themselves
+are ignored here (``lowbit.compiler.verify_tokens`` checks them statically).
+
+State
+    * external memory: ``program.memory_image(inputs)`` (a ``bytearray``);
+    * activation scratchpad: ``act_depth * rows`` bytes, line ``l`` = bytes
+      ``[l * rows, (l + 1) * rows)``;
+    * weight scratchpad: ``weight_words * beat_bytes`` bytes, the tile at word ``w`` starting
+      at byte ``w * beat_bytes`` (decoded with :func:`lowbit.layout.unpack_weight_tile`);
+    * parameter memory: ``param_depth * cols * 8`` bytes of 8-byte records
+      (:func:`lowbit.layout.pack_params`);
+    * accumulators: ``(acc_depth, cols)`` int64 values wrapped to ``acc_bits``.
+
+A LOAD, the only writer of the scratchpads, copies whole bus beats: beat ``b`` of a memory is
+bytes ``[b * beat_bytes, (b + 1) * beat_bytes)`` of its flat view.
+
+Counters (the keys the cycle simulator reports too): ``instrs`` (every instruction, END
+included), ``load_instrs`` / ``compute_instrs`` / ``store_instrs`` (instructions each unit
+executed, SYNCs on that unit included), ``sync_instrs``, ``macs`` (``rows * R * C`` per
+COMPUTE), ``dram_read_bytes`` (LOAD bytes) and ``dram_write_bytes`` (STORE bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lowbit import layout
+from lowbit.executors import RunResult
+from lowbit.isa import LoadTarget, Opcode, Unit
+from lowbit.program import Program, ProgramError
+
+__all__ = ["run_reference"]
+
+
+def _inputs_dict(program: Program, inputs) -> dict:
+    if isinstance(inputs, dict):
+        return inputs
+    if len(program.inputs) != 1:
+        raise ProgramError(f"program has {len(program.inputs)} inputs; pass a dict")
+    return {program.inputs[0].name: inputs}
+
+
+def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) -> RunResult:
+    """Execute ``program`` on ``inputs`` (by input name) and return its outputs and counters.
+
+    ``cycles`` is ``None``: this executor has no notion of time.
+    """
+    cfg = program.config
+    program.validate()
+    R, C, B = cfg.rows, cfg.cols, cfg.beat_bytes
+    mem_bytes = program.memory_image(_inputs_dict(program, inputs))
+    mem = np.frombuffer(mem_bytes, dtype=np.uint8)  # a writable view of the bytearray
+
+    act = np.zeros(cfg.act_depth * R, dtype=np.uint8)
+    wgt = np.zeros(cfg.weight_words * B, dtype=np.uint8)
+    prm = np.zeros(cfg.param_depth * C * layout.PARAM_BYTES, dtype=np.uint8)
+    acc = np.zeros((cfg.acc_depth, C), dtype=np.int64)
+    targets = {LoadTarget.ACT: act, LoadTarget.WEIGHT: wgt, LoadTarget.PARAM: prm}
+    tile_bytes = cfg.weight_tile_beats * B
+    tiles: dict[int, np.ndarray] = {}   # decoded weight tiles by word; cleared by weight loads
+    line_bytes = C * layout.PARAM_BYTES
+
+    counters = dict(instrs=0, load_instrs=0, compute_instrs=0, store_instrs=0, sync_instrs=0,
+                    macs=0, dram_read_bytes=0, dram_write_bytes=0)
+    unit_key = {Unit.LOAD: "load_instrs", Unit.COMPUTE: "compute_instrs",
+                Unit.STORE: "store_instrs"}
+
+    for ins in program.instrs:
+        f = dict(ins.fields)
+        op = ins.opcode
+        counters["instrs"] += 1
+        if op == Opcode.END:
+            break
+        counters[unit_key[ins.unit]] += 1
+        if op == Opcode.LOAD:
+            target = LoadTarget(f.get("target", 0))
+            dst = targets[target]
+            rows, row_bytes = f["rows"], f["row_beats"] * B
+            base, stride, sp = f.get("dram_addr", 0), f.get("stride", 0), f.get("sp_addr", 0) * B
+            src = (base + stride * np.arange(rows))[:, None] + np.arange(row_bytes)[None, :]
+            dst[sp:sp + rows * row_bytes] = mem[src].reshape(-1)
+            counters["dram_read_bytes"] += rows * row_bytes
+            if target == LoadTarget.WEIGHT:
+                tiles.clear()
+        elif op == Opcode.COMPUTE:
+            rows, a0, c0 = f["rows"], f.get("act_addr", 0), f.get("acc_addr", 0)
+            w0 = f.get("weight_addr", 0)
+            lines = act[a0 * R:(a0 + rows) * R].reshape(rows, R)
+            a = lines.astype(np.int64) if f.get("act_unsigned", 0) \
+                else lines.view(np.int8).astype(np.int64)
+            w = tiles.get(w0)
+            if w is None:
+                w = tiles[w0] = layout.unpack_weight_tile(
+                    cfg, wgt[w0 * B:w0 * B + tile_bytes].tobytes())
+            r = a @ w
+            if f.get("accumulate", 0):
+                r = r + acc[c0:c0 + rows]
+            acc[c0:c0 + rows] = layout.wrap(r, cfg.acc_bits)
+            counters["macs"] += rows * R * C
+        elif op == Opcode.STORE:
+            rows, c0, p = f["rows"], f.get("acc_addr", 0), f.get("param_addr", 0)
+            rec = prm[p * line_bytes:(p + 1) * line_bytes].reshape(C, layout.PARAM_BYTES)
+            bias = rec[:, 0:4].copy().view("<i4").reshape(C).astype(np.int64)
+            mult = rec[:, 4:6].copy().view("<u2").reshape(C).astype(np.int64)
+            shift = rec[:, 6].astype(np.int64)
+            y = layout.requantize(acc[c0:c0 + rows], bias[None, :], mult[None, :],
+                                  shift[None, :], relu=bool(f.get("relu", 0)),
+                                  out_bits=f.get("out_bits", 0),
+                                  out_unsigned=bool(f.get("out_unsigned", 0)))
+            addr = f.get("dram_addr", 0)
+            mem[addr:addr + rows * C] = (y & 0xFF).astype(np.uint8).reshape(-1)
+            counters["dram_write_bytes"] += rows * C
+        elif op == Opcode.SYNC:
+            counters["sync_instrs"] += 1
+        else:  # pragma: no cover - decode() refuses unknown opcodes
+            raise ProgramError(f"unknown opcode {op!r}")
+    outputs = program.read_outputs(mem_bytes)
+    return RunResult(outputs=outputs, cycles=None, counters=counters, backend="reference")
+
