@@ -313,9 +313,13 @@ class AxiMemAdapter:
     :attr:`error` and sets :attr:`failed` (an :class:`cocotb.triggers.Event`).
     """
 
-    def __init__(self, dut, model: AxiMemModel, *, clk=None):
+    def __init__(self, dut, model: AxiMemModel, *, clk=None, trace: bool = False):
         import cocotb.triggers
 
+        #: with ``trace=True``, every handshake, stall and request as ``(edge, port, kind,
+        #: *payload)``; kinds ``ar``/``aw`` (addr, len, size, burst), ``w`` (data, strb,
+        #: last), ``r`` (data, last), ``b``, ``r_stall``/``b_stall`` (valid without ready)
+        self.trace: list[tuple] | None = [] if trace else None
         self.dut = dut
         self.model = model
         self.clk = dut.clk if clk is None else clk
@@ -395,6 +399,7 @@ class AxiMemAdapter:
         i_drv = d_drv = None        # the beat driven on R (None: rvalid low)
         i_last = d_last = False     # rlast as driven
         d_bv = False                # bvalid as driven
+        tr = self.trace
         e = self.edge
         while True:
             await fall
@@ -413,6 +418,10 @@ class AxiMemAdapter:
                     i_drv = head
                 if i_rready():
                     iq.popleft()
+                    if tr is not None:
+                        tr.append((e, "imem", "r", head[1], head[2]))
+                elif tr is not None:
+                    tr.append((e, "imem", "r_stall"))
             elif i_drv is not None:
                 i_rvalid(0)
                 i_drv = None
@@ -429,6 +438,10 @@ class AxiMemAdapter:
                     d_drv = head
                 if d_rready():
                     dq.popleft()
+                    if tr is not None:
+                        tr.append((e, "dmem", "r", head[1], head[2]))
+                elif tr is not None:
+                    tr.append((e, "dmem", "r_stall"))
             elif d_drv is not None:
                 d_rvalid(0)
                 d_drv = None
@@ -439,18 +452,34 @@ class AxiMemAdapter:
                     d_bv = True
                 if d_bready():
                     dbq.popleft()
+                    if tr is not None:
+                        tr.append((e, "dmem", "b"))
+                elif tr is not None:
+                    tr.append((e, "dmem", "b_stall"))
             elif d_bv:
                 d_bvalid(0)
                 d_bv = False
             # requests seen by edge e: dmem writes first, then reads
             if d_awvalid():
-                dp.accept_aw(e, d_aw[0](), d_aw[1](), d_aw[2](), d_aw[3]())
+                req = (d_aw[0](), d_aw[1](), d_aw[2](), d_aw[3]())
+                if tr is not None:
+                    tr.append((e, "dmem", "aw", *req))
+                dp.accept_aw(e, *req)
             if d_wvalid():
-                dp.accept_w(e, d_wdata().to_bytes(bb, "little"), d_wstrb(), d_wlast())
+                data, strb, last = d_wdata(), d_wstrb(), d_wlast()
+                if tr is not None:
+                    tr.append((e, "dmem", "w", data, strb, last))
+                dp.accept_w(e, data.to_bytes(bb, "little"), strb, last)
             if d_arvalid():
-                dp.accept_ar(e, d_ar[0](), d_ar[1](), d_ar[2](), d_ar[3]())
+                req = (d_ar[0](), d_ar[1](), d_ar[2](), d_ar[3]())
+                if tr is not None:
+                    tr.append((e, "dmem", "ar", *req))
+                dp.accept_ar(e, *req)
             if i_arvalid():
-                ip.accept_ar(e, i_ar[0](), i_ar[1](), i_ar[2](), i_ar[3]())
+                req = (i_ar[0](), i_ar[1](), i_ar[2](), i_ar[3]())
+                if tr is not None:
+                    tr.append((e, "imem", "ar", *req))
+                ip.accept_ar(e, *req)
 
 
 class AxiLiteMaster:

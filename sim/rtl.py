@@ -85,6 +85,7 @@ class TopRun:
     run_dir: Path | None
     cycles_per_second: float | None = None
     in_flight: str | None = None      #: memory transactions still pending at the end
+    trace: list[tuple] | None = None  #: bus events, with ``trace=True`` (AxiMemAdapter.trace)
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,12 +181,13 @@ def run_top(verilog: str, image: bytes | bytearray, *, beat_bytes: int, prog_add
             prog_len: int, mem_latency: int, top: str = "lowbit_top", name: str = "design",
             waves: bool = False, out_dir: str | os.PathLike | None = None,
             timeout_cycles: int | None = None, csr_writes: tuple[tuple[int, int], ...] = (),
-            ctrl: int = 1) -> TopRun:
+            ctrl: int = 1, trace: bool = False) -> TopRun:
     """Run a design with the ``lowbit_top`` ports on a memory image.
 
     The test writes PROG_ADDR, PROG_LEN, then ``csr_writes`` (``(offset, value)`` pairs), then
     CTRL = ``ctrl``, and waits for ``irq`` at most ``timeout_cycles`` cycles. The memory
-    model has ``len(image)`` bytes and latency ``mem_latency``.
+    model has ``len(image)`` bytes and latency ``mem_latency``. ``trace=True`` returns every
+    memory-bus event in ``TopRun.trace`` (slower; for checking the adapter and debugging).
 
     Run files (job, memory, result, ``sim.log``, ``waves.fst``) go to ``out_dir``; without it
     to a temporary directory that is deleted afterwards, unless ``waves`` is set (the FST
@@ -210,7 +212,7 @@ def run_top(verilog: str, image: bytes | bytearray, *, beat_bytes: int, prog_add
                     job={
                         "beat_bytes": beat_bytes, "mem_latency": mem_latency,
                         "timeout_cycles": timeout, "period_ns": CLOCK_PERIOD_NS,
-                        "reset_cycles": RESET_CYCLES,
+                        "reset_cycles": RESET_CYCLES, "trace": bool(trace),
                         "csr_writes": [[csr_offset("PROG_ADDR"), prog_addr],
                                        [csr_offset("PROG_LEN"), prog_len],
                                        *([int(o), int(v)] for o, v in csr_writes),
@@ -266,7 +268,8 @@ def _run(build_dir: Path, built: bool, run_dir: Path, image, *, top, name, waves
                   counters=result["counters"], build_dir=build_dir, built=built,
                   run_dir=run_dir if keep else None,
                   cycles_per_second=result.get("cycles_per_second"),
-                  in_flight=result.get("in_flight"), artifacts=artifacts)
+                  in_flight=result.get("in_flight"), artifacts=artifacts,
+                  trace=[tuple(ev) for ev in result["trace"]] if "trace" in result else None)
 
 
 def run_rtl(program, inputs, *, mem_latency: int, waves: bool = False,

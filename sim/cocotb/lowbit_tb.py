@@ -7,7 +7,8 @@ last one starts the DUT), waits for ``irq``, reads the readable CSRs and writes 
 a JSON result (registers, counters, error) to the paths the job names.
 
 Job fields: ``image``, ``mem_out``, ``result`` (paths); ``beat_bytes``, ``mem_latency``,
-``timeout_cycles``, ``period_ns``, ``reset_cycles``; ``csr_writes`` (list of ``[offset,
+``timeout_cycles``, ``period_ns``, ``reset_cycles``, ``trace`` (record every bus event and
+return it as ``trace`` in the result); ``csr_writes`` (list of ``[offset,
 value]``); ``csr_reads`` (``{name: offset}``).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
+
 from lowbit.sim.axi_mem import AxiLiteMaster, AxiMemAdapter, AxiMemModel
 
 JOB_ENV = "LOWBIT_RTL_JOB"
@@ -54,7 +56,7 @@ async def _run(dut, job, mem, result):
     Clock(dut.clk, period, unit="ns").start()
     dut.rst.value = 1
     csr = AxiLiteMaster(dut, "csr")
-    mem_bus = AxiMemAdapter(dut, model)
+    mem_bus = AxiMemAdapter(dut, model, trace=job.get("trace", False))
     mem_bus.start()
     await ClockCycles(dut.clk, job["reset_cycles"])
     await FallingEdge(dut.clk)
@@ -90,4 +92,6 @@ async def _run(dut, job, mem, result):
     result["cycles_per_second"] = run_edges / seconds if seconds > 0 else None
     result["in_flight"] = None if model.idle else \
         f"{model.imem.describe()}; {model.dmem.describe()}"
+    if mem_bus.trace is not None:
+        result["trace"] = mem_bus.trace
     mem_bus.stop()
