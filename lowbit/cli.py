@@ -64,7 +64,12 @@ def _one_line(exc: BaseException) -> str:
 def _load_program(path: str):
     from .program import Program
 
-    return Program.load(path)
+    try:
+        return Program.load(path)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # A header that parses as JSON but lacks or mistypes a field.
+        raise ProgramError(f"program {path!r} has a corrupt header "
+                           f"({type(exc).__name__}: {exc})") from None
 
 
 def _random_inputs(program, seed: int) -> dict[str, np.ndarray]:
