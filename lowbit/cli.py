@@ -206,7 +206,8 @@ def cmd_compile_gemm(args) -> int:
     rng = np.random.default_rng(args.seed)
     lo, hi = -(1 << (cfg.weight_bits - 1)), (1 << (cfg.weight_bits - 1)) - 1
     weights = rng.integers(lo, hi + 1, size=(k, n), dtype=np.int64)
-    program = compile_gemm(cfg, a_shape=(m, k), weights=weights)
+    program = compile_gemm(cfg, a_shape=(m, k), weights=weights, relu=args.relu,
+                           act_unsigned=args.act_unsigned)
     program.save(args.output)
     _say(f"wrote {_describe_program(program, args.output)}")
     return 0
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", nargs=3, type=_int_arg, required=True, metavar=("M", "K", "N"),
                    help="activations M x K times weights K x N")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
+    p.add_argument("--relu", action="store_true", help="clamp outputs below at zero")
+    p.add_argument("--act-unsigned", action="store_true",
+                   help="unsigned activations (0..2^act_bits-1) instead of signed")
     p.add_argument("-o", "--output", default="prog.lbp", metavar="FILE",
                    help="program file (default: %(default)s)")
     p.set_defaults(func=cmd_compile_gemm)

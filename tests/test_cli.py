@@ -276,3 +276,114 @@ def test_npy_helpers_round_trip(tmp_path):
     x = np.arange(12).reshape(3, 4)
     atomic_write(tmp_path / "x.npy", npy_bytes(x))
     assert np.array_equal(np.load(tmp_path / "x.npy"), x)
+
+
+# -- compile-gemm, run, cosim ---------------------------------------------------------------
+
+GEMM = dict(m=6, k=10, n=7, seed=5)
+
+
+@pytest.fixture(scope="module")
+def gemm_program(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gemm") / "g.lbp"
+    argv = ["compile-gemm", "--config", "tiny", "--shape", str(GEMM["m"]), str(GEMM["k"]),
+            str(GEMM["n"]), "--seed", str(GEMM["seed"]), "-o", str(path)]
+    assert main(argv) == 0
+    return path
+
+
+def _gemm_expected(x):
+    from lowbit.compiler import default_requant
+    from lowbit.layout import requantize
+
+    # compile-gemm's documented weights: default_rng(seed).integers over the weight range.
+    wb = PRESETS["tiny"].weight_bits
+    rng = np.random.default_rng(GEMM["seed"])
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), size=(GEMM["k"], GEMM["n"]))
+    mult, shift = default_requant(w, act_unsigned=False, act_bits=8, out_bits=8,
+                                  out_unsigned=False)
+    return requantize(x @ w, 0, mult, shift, relu=False, out_bits=8, out_unsigned=False)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sim"])
+def test_compile_gemm_and_run(gemm_program, tmp_path, capsys, backend):
+    x = np.random.default_rng(1).integers(-128, 128, (GEMM["m"], GEMM["k"]))
+    np.save(tmp_path / "x.npy", x)
+    y = tmp_path / "y.npy"
+    argv = ["run", str(gemm_program), "--backend", backend, "--input", str(tmp_path / "x.npy"),
+            "--output", str(y)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert np.array_equal(np.load(y), _gemm_expected(x))
+    assert f"backend  {backend}" in out
+    if backend == "sim":
+        assert "us at 100 MHz" in out
+    no_leftovers(tmp_path, ["x.npy", "y.npy"])
+
+
+def test_run_refuses_bad_inputs(gemm_program, tmp_path, capsys):
+    cases = {
+        "range.npy": (np.full((6, 10), 300), "values must be from -128 to 127"),
+        "shape.npy": (np.zeros((5, 10), dtype=np.int64), "must have shape (6, 10)"),
+        "float.npy": (np.zeros((6, 10)), "must hold integers"),
+    }
+    for name, (value, message) in cases.items():
+        np.save(tmp_path / name, value)
+        assert main(["run", str(gemm_program), "--input", str(tmp_path / name)]) == 2, name
+        assert_one_line_error(capsys.readouterr().err, [message])
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    assert main(["run", str(gemm_program), "--input", str(tmp_path / "junk.npy")]) == 2
+    assert_one_line_error(capsys.readouterr().err)
+
+
+def test_compile_gemm_bad_shape(tmp_path, capsys):
+    out = tmp_path / "p.lbp"
+    assert main(["compile-gemm", "--config", "tiny", "--shape", "0", "4", "4",
+                 "-o", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, ["--shape M must be at least 1, not 0"])
+    no_leftovers(tmp_path)
+
+
+def test_cosim_sim_and_rtl_agree(gemm_program, capsys):
+    assert main(["cosim", str(gemm_program)]) == 0
+    out = capsys.readouterr().out
+    assert "backend  sim" in out and "backend  rtl" in out
+    assert "cosim: outputs bit-exact, cycles equal" in out
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+def test_demo_quick_smoke(tmp_path):
+    from lowbit.demo import run_demo
+
+    out = tmp_path / "demo"
+    proc = lowbit("demo", "--quick", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"output folder: {out.resolve()}" in proc.stdout
+    for column in ("float acc", "quant acc", "accel acc", "cycles", "latency us", "PE util",
+                   "sim s"):
+        assert column in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["W8A8", "W4A8", "W2A8"]
+    clock = report["config"]["clock_mhz"]
+    for v in report["variants"]:
+        assert v["accel_accuracy"] == v["quant_accuracy"] > 0.5
+        assert v["cycles"] > 0 and 0 < v["pe_utilization"] <= 1
+        assert v["latency_us"] == pytest.approx(v["cycles"] / clock)
+        assert all(v["bit_exact"].values())
+        assert (out / v["program"]).is_file()
+        assert Program.load(out / v["program"]).config.weight_bits == v["weight_bits"]
+    assert report["model"]["float_accuracy"] > 0.8
+    assert sorted(p.name for p in out.iterdir()) == report["files"]
+    assert (out / "cycles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "accel.v").read_text().startswith(BANNER)
+    assert "seconds" not in (out / "report.json").read_text()
+    assert "sim_seconds" in (out / "timing.json").read_text()
+
+    # A rerun gives byte-identical files (only timing.json holds wall times).
+    again = tmp_path / "again"
+    run_demo(out=again, quick=True, log=lambda line: None)
+    for name in report["files"]:
+        if name != "timing.json":
+            assert (out / name).read_bytes() == (again / name).read_bytes(), name
