@@ -33,10 +33,7 @@ from lowbit.executors import RunResult
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program, ProgramError
 
-try:
-    from .reference import run_reference
-except ImportError:  # pragma: no cover
-    run_reference = None
+from .reference import run_reference
 
 __all__ = ["Timing", "run_cycle_sim", "simulate_timing"]
 
