@@ -1,0 +1,283 @@
+"""The compiler's typed intermediate representations.
+
+Four levels, each produced by one pass of :mod:`lowbit.compiler.passes` and checked by its
+verifier; every level prints itself with ``dump()`` (``compile_mlp(..., dump=...)``).
+
+:class:`GraphIR`
+    Tensors (:class:`TensorSpec`) and integer linear layers (:class:`LinearSpec`).
+:class:`TiledIR`
+    The graph plus one :class:`LayerTiling` per layer (M tiles, scratchpad slots,
+    residency) and the ring geometry of the weight and parameter memories.
+:class:`ScheduleIR`
+    The instruction sequence as :class:`Op` records in program order, with DRAM
+    addresses relative to named :class:`Region` s; after the token pass the ops carry
+    their dependency flags, after allocation the regions have addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from lowbit.config import AccelConfig
+from lowbit.isa import INSTR_BYTES, LoadTarget, Opcode, Unit
+
+__all__ = [
+    "GraphIR",
+    "LayerTiling",
+    "LinearSpec",
+    "Op",
+    "Region",
+    "ScheduleIR",
+    "TensorSpec",
+    "TiledIR",
+    "TOKEN_FIELDS",
+]
+
+TOKEN_FIELDS = ("pop_prev", "pop_next", "push_prev", "push_next")
+
+
+# -- graph ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An activation tensor ``(rows, cols)`` in the blocked layout; ``rows`` is the batch."""
+
+    name: str
+    rows: int
+    cols: int
+    signed: bool
+    bits: int
+    scale: float = 1.0
+    role: str = "hidden"   # "input", "hidden" or "output"
+
+
+@dataclass(frozen=True, eq=False)
+class LinearSpec:
+    """``dst = requantize(src @ weight, bias, mult, shift)`` on ``(M, K) x (K, N)``."""
+
+    name: str
+    src: str
+    dst: str
+    weight: np.ndarray
+    bias: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    relu: bool
+    out_bits: int
+    out_unsigned: bool
+    act_unsigned: bool
+
+    @property
+    def k(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.weight.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class GraphIR:
+    config: AccelConfig
+    tensors: tuple[TensorSpec, ...]
+    layers: tuple[LinearSpec, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def dump(self) -> str:
+        out = [f"graph config={self.config.name}"]
+        for t in self.tensors:
+            kind = "i" if t.signed else "u"
+            out.append(f"  tensor {t.name}: {t.role} {kind}{t.bits} [{t.rows}, {t.cols}] "
+                       f"scale={t.scale:.6g}")
+        for ly in self.layers:
+            w = ly.weight
+            out.append(f"  {ly.name}: {ly.dst} = linear({ly.src}, w[{ly.k}, {ly.n}] "
+                       f"range {int(w.min())}..{int(w.max())}, relu={int(ly.relu)}, "
+                       f"out={'u' if ly.out_unsigned else 'i'}{ly.out_bits}, "
+                       f"act_unsigned={int(ly.act_unsigned)})")
+        return "\n".join(out)
+
+
+# -- tiling ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerTiling:
+    """How one layer is cut into tiles and placed in the scratchpads.
+
+    ``m_tiles`` are ``(first row, rows)`` pairs covering the padded batch ``mp``; each is
+    computed into one accumulator buffer of ``acc_lines`` lines. The activation scratchpad is
+    a ring of ``act_slots`` slots of ``mt`` lines, each holding one ``rows``-wide K block of
+    one M tile; ``act_resident`` means all ``kb`` blocks of an M tile stay loaded while every
+    N block is computed (otherwise blocks are streamed again for every N block).
+    ``act_group`` blocks are moved per LOAD.
+    """
+
+    layer: int
+    m: int
+    mp: int
+    k: int
+    n: int
+    kb: int
+    nb: int
+    mt: int
+    m_tiles: tuple[tuple[int, int], ...]
+    act_slots: int
+    act_resident: bool
+    act_group: int
+    weight_resident: bool
+    param_resident: bool
+    acc_buffers: int
+    acc_lines: int
+    est_cycles: int
+
+    def dump(self) -> str:
+        return (f"  layer {self.layer}: M={self.m} (padded {self.mp}) K={self.k} N={self.n} "
+                f"-> {len(self.m_tiles)} M tiles of {self.mt} rows x {self.kb} K blocks x "
+                f"{self.nb} N blocks; act slots={self.act_slots} "
+                f"{'resident' if self.act_resident else 'streamed'} group={self.act_group}; "
+                f"weights {'resident' if self.weight_resident else 'streamed'}; params "
+                f"{'resident' if self.param_resident else 'streamed'}; acc "
+                f"{self.acc_buffers} x {self.acc_lines} lines; est {self.est_cycles} cycles")
+
+
+@dataclass(frozen=True, eq=False)
+class TiledIR:
+    graph: GraphIR
+    tilings: tuple[LayerTiling, ...]
+    weight_group: int    # tiles per weight LOAD (one ring slot)
+    weight_slots: int    # slots in the weight ring
+    param_group: int     # parameter lines per parameter LOAD (one ring slot)
+    param_slots: int
+
+    @property
+    def config(self) -> AccelConfig:
+        return self.graph.config
+
+    def dump(self) -> str:
+        out = [self.graph.dump(),
+               f"tiling: weight ring {self.weight_slots} slots x {self.weight_group} tiles, "
+               f"param ring {self.param_slots} slots x {self.param_group} lines"]
+        out += [t.dump() for t in self.tilings]
+        return "\n".join(out)
+
+
+# -- schedule -------------------------------------------------------------------------------
+
+
+_UNIT_OF = {Opcode.LOAD: Unit.LOAD, Opcode.COMPUTE: Unit.COMPUTE, Opcode.STORE: Unit.STORE}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One instruction of the schedule.
+
+    ``args`` are ISA fields by name (tokens included once assigned). For LOAD and STORE,
+    ``dram_addr`` is an offset into DRAM region ``region`` until emission.
+    """
+
+    opcode: Opcode
+    args: tuple[tuple[str, int], ...]
+    region: str | None = None
+    note: str = ""
+
+    @classmethod
+    def make(cls, opcode: Opcode, *, region: str | None = None, note: str = "",
+             **args) -> Op:
+        return cls(Opcode(opcode), tuple(sorted((k, int(v)) for k, v in args.items())),
+                   region, note)
+
+    @property
+    def unit(self) -> Unit:
+        if self.opcode == Opcode.SYNC:
+            return Unit(self.get("unit"))
+        return _UNIT_OF[self.opcode]
+
+    def get(self, name: str, default: int = 0) -> int:
+        for k, v in self.args:
+            if k == name:
+                return v
+        return default
+
+    def fields(self) -> dict[str, int]:
+        return dict(self.args)
+
+    def with_args(self, **changes) -> Op:
+        d = dict(self.args)
+        d.update({k: int(v) for k, v in changes.items()})
+        return replace(self, args=tuple(sorted(d.items())))
+
+    def render(self) -> str:
+        d = dict(self.args)
+        toks = "".join(c for c, f in zip("<>^v", ("pop_prev", "pop_next", "push_prev",
+                                                  "push_next"), strict=True) if d.get(f))
+        body = []
+        for k, v in d.items():
+            if k in TOKEN_FIELDS or (k == "unit" and self.opcode == Opcode.SYNC):
+                continue
+            if k == "target":
+                body.append(f"target={LoadTarget(v).name}")
+            elif k == "dram_addr" and self.region is not None:
+                body.append(f"dram={self.region}+{v:#x}")
+            else:
+                body.append(f"{k}={v}")
+        name = self.opcode.name if self.opcode != Opcode.SYNC else f"SYNC.{self.unit.name}"
+        tok = f" [{toks}]" if toks else ""
+        note = f"  ; {self.note}" if self.note else ""
+        return f"{name}{tok} {' '.join(body)}{note}"
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A DRAM region: constants (``data``) or an activation buffer (``data`` is None)."""
+
+    name: str
+    kind: str           # "weights", "params" or "act"
+    size: int
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ScheduleIR:
+    tiled: TiledIR
+    ops: tuple[Op, ...]
+    regions: tuple[Region, ...]
+    tokens: bool = False
+    addresses: dict[str, int] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> AccelConfig:
+        return self.tiled.config
+
+    def region(self, name: str) -> Region:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def code_bytes(self) -> int:
+        return (len(self.ops) + 1) * INSTR_BYTES   # END included
+
+    def dump(self) -> str:
+        out = [f"schedule: {len(self.ops)} ops (+END), tokens "
+               f"{'assigned' if self.tokens else 'not assigned'}"]
+        for r in self.regions:
+            where = f" @ {self.addresses[r.name]:#x}" if self.addresses else ""
+            out.append(f"  region {r.name}: {r.kind} {r.size} bytes{where}")
+        if self.addresses and "code" in self.addresses:
+            out.append(f"  region code @ {self.addresses['code']:#x}")
+        for i, op in enumerate(self.ops):
+            out.append(f"  {i:5d} {op.render()}")
+        return "\n".join(out)
