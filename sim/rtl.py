@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -34,6 +35,8 @@ from .toolchain import ensure_verilator, fst_build_args
 __all__ = [
     "BUILD_ARGS",
     "DEFAULT_TIMEOUT_CYCLES",
+    "OPT_FAST",
+    "PUBLIC_PORTS",
     "RtlBuildError",
     "RtlError",
     "TopRun",
@@ -55,6 +58,15 @@ BUILD_ARGS: tuple[str, ...] = (
     # ``init=``); only reported with -Wall, waived in case a user adds it.
     "-Wno-PROCASSINIT",
 )
+
+#: Top-level ports the testbench touches; only these are made visible to VPI. The cocotb
+#: runner's default, ``--public-flat-rw``, makes every signal public and blocks Verilator's
+#: optimisations: the 16x16 preset ran 2.4x slower with it (29k vs 69k cycles/s).
+PUBLIC_PORTS = ("clk", "rst", "irq", "csr__*", "imem__*", "dmem__*")
+
+#: C++ optimisation of the model's hot code (Verilator's default is ``-Os``): about 8% faster
+#: simulation on the 16x16 preset, and no slower to compile.
+OPT_FAST = "-O2"
 
 #: Default for ``timeout_cycles``: cycles from the start write until ``irq`` must be high.
 DEFAULT_TIMEOUT_CYCLES = 5_000_000
@@ -126,24 +138,45 @@ def _locked(path: Path):
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _quiet_runner():
-    from cocotb_tools.runner import get_runner
+def _quiet_runner(*, public_all: bool = False):
+    """cocotb's Verilator runner, quiet, building with only :data:`PUBLIC_PORTS` public
+    (unless ``public_all``) and ``OPT_FAST`` = :data:`OPT_FAST`."""
+    from cocotb_tools.runner import Verilator
 
-    runner = get_runner("verilator")
+    class _Verilator(Verilator):
+        def _build_command(self):
+            cmds = [list(cmd) for cmd in super()._build_command()]
+            for cmd in cmds:
+                if not public_all and "--public-flat-rw" in cmd:
+                    cmd.remove("--public-flat-rw")
+                if cmd and cmd[0] == "make":
+                    cmd.append(f"OPT_FAST={OPT_FAST}")
+            return cmds
+
+    runner = _Verilator()
     runner.log.setLevel(logging.WARNING)
     return runner
 
 
+def _public_vlt(top: str) -> str:
+    return "`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{top}" -var "{port}"\n' for port in PUBLIC_PORTS)
+
+
 def build_top(verilog: str, *, top: str = "lowbit_top", name: str = "design",
-              waves: bool = False, extra_args: tuple[str, ...] = ()) -> tuple[Path, bool]:
+              waves: bool = False, extra_args: tuple[str, ...] = (),
+              public_all: bool = False) -> tuple[Path, bool]:
     """Verilate ``verilog`` (or reuse a build); return ``(build_dir, built_now)``.
 
     ``waves=True`` builds with FST tracing (``--trace-fst``) into a separate directory.
-    Concurrent callers for the same design wait for one build (a file lock).
+    ``public_all=True`` makes every signal visible to cocotb (slower; for debugging), not
+    only the top-level ports. Concurrent callers for the same design wait for one build.
     """
     ensure_verilator()
     args = list(BUILD_ARGS) + list(extra_args) + (["--trace-fst"] if waves else [])
-    key = hashlib.sha256("\0".join([verilog, top, _tool_versions(), *args]).encode())
+    vlt = "" if public_all else _public_vlt(top)
+    key = hashlib.sha256("\0".join([verilog, top, _tool_versions(), vlt, OPT_FAST,
+                                    *args]).encode())
     build_dir = cache_dir() / f"{_safe_name(name)}-{key.hexdigest()[:12]}" \
         f"{'-fst' if waves else ''}"
     stamp = build_dir / "build.json"
@@ -157,13 +190,17 @@ def build_top(verilog: str, *, top: str = "lowbit_top", name: str = "design",
         build_dir.mkdir(parents=True)
         source = build_dir / f"{top}.v"
         source.write_text(verilog)
+        sources = [source]
+        if vlt:
+            (build_dir / "public.vlt").write_text(vlt)
+            sources.insert(0, build_dir / "public.vlt")
         log = build_dir / "build.log"
-        runner = _quiet_runner()
+        runner = _quiet_runner(public_all=public_all)
         start = time.perf_counter()
         if waves:
             args += fst_build_args(cache_dir() / "lz4shim")
         try:
-            runner.build(sources=[source], hdl_toplevel=top, build_dir=build_dir,
+            runner.build(sources=sources, hdl_toplevel=top, build_dir=build_dir,
                          build_args=args, waves=waves, log_file=log, always=True)
         except (RuntimeError, SystemExit, OSError) as exc:
             raise RtlBuildError(f"building {name} ({top}) with Verilator failed: {exc}\n"
@@ -272,6 +309,14 @@ def _run(build_dir: Path, built: bool, run_dir: Path, image, *, top, name, waves
                   trace=[tuple(ev) for ev in result["trace"]] if "trace" in result else None)
 
 
+@functools.lru_cache(maxsize=8)
+def _verilog_for(cfg) -> str:
+    """``generate_verilog(cfg)``, memoised per process (elaboration takes seconds)."""
+    from ..hw.top import generate_verilog
+
+    return generate_verilog(cfg)
+
+
 def run_rtl(program, inputs, *, mem_latency: int, waves: bool = False,
             out_dir: str | os.PathLike | None = None,
             timeout_cycles: int | None = None):
@@ -282,12 +327,11 @@ def run_rtl(program, inputs, *, mem_latency: int, waves: bool = False,
     register) and ``wall_cycles`` (clock cycles from the start write to ``irq``).
     """
     from ..executors import RunResult
-    from ..hw.top import generate_verilog
     from ..isa import ID_VALUE
 
     cfg = program.config
     image = program.memory_image(inputs)
-    run = run_top(generate_verilog(cfg), image, top="lowbit_top", name=cfg.name,
+    run = run_top(_verilog_for(cfg), image, top="lowbit_top", name=cfg.name,
                   beat_bytes=cfg.beat_bytes, prog_addr=program.prog_addr,
                   prog_len=len(program.instrs), mem_latency=mem_latency, waves=waves,
                   out_dir=out_dir, timeout_cycles=timeout_cycles)
