@@ -49,6 +49,7 @@ def compile_graph(graph: GraphIR, *, dump: DumpSpec = None,
         return ir
 
     passes.verify_graph(graph)
+    passes.check_memory(graph)
     after("graph", graph)
     tiled = passes.plan_tiles(graph)
     passes.verify_tiling(tiled)

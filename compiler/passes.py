@@ -63,6 +63,7 @@ __all__ = [
     "CompileError",
     "LOOKAHEAD",
     "allocate",
+    "check_memory",
     "emit",
     "plan_tiles",
     "schedule",
@@ -390,9 +391,13 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         count = min(pg, nb - grp * pg)
         line0 = slot * pg
         blocker = int(bld.p_use[line0:line0 + pg].max())
+        if pline >= B:        # one transfer row per line keeps row_beats small
+            shape = dict(rows=count, row_beats=pline // B, stride=pline)
+        else:                 # several lines per beat (2 channels on a wide bus)
+            shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
         op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
-                     rows=1, row_beats=-(-count * pline // B), dram_addr=grp * pg * pline,
-                     stride=0, region=f"p{li}", note=f"{ly.name} params {grp * pg}..")
+                     dram_addr=grp * pg * pline, region=f"p{li}",
+                     note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
         bld.add_load(op, key, 2, blocker, blocker)
         p_slot[grp] = slot
 
@@ -532,20 +537,48 @@ def _layout_regions(cfg, regions, code_bytes: int) -> tuple[dict[str, int], int]
     return bases, addr
 
 
+def _check_fits(cfg, regions, code_bytes: int, end: int) -> None:
+    if end <= cfg.mem_bytes:
+        return
+    parts = ", ".join(f"{kind} {sum(r.size for r in regions if r.kind == kind)}"
+                      for kind in ("weights", "params", "act"))
+    code = f"code {code_bytes}" if code_bytes else "code not counted"
+    raise ValueError(f"model needs {end} bytes of external memory but mem_bytes is "
+                     f"{cfg.mem_bytes} ({code}, {parts} bytes); use a config with "
+                     f"mem_bytes >= {1 << math.ceil(math.log2(end))} or a smaller batch")
+
+
+def data_regions(g: GraphIR) -> tuple[Region, ...]:
+    """The DRAM regions of a graph without their contents (for an early size check)."""
+    cfg = g.config
+    out = []
+    for ly in g.layers:
+        kb, nb = layout.blocks(cfg, ly.k), layout.blocks(cfg, ly.n)
+        out.append(Region(ly.name, "weights", kb * nb * cfg.weight_tile_beats
+                          * cfg.beat_bytes))
+        out.append(Region(ly.name + ".p", "params", _round_up(nb * cfg.cols
+                                                              * layout.PARAM_BYTES,
+                                                              cfg.beat_bytes)))
+    for ten in g.tensors:
+        out.append(Region(ten.name, "act", layout.act_bytes(cfg, ten.rows, ten.cols)))
+    return tuple(out)
+
+
+def check_memory(g: GraphIR) -> None:
+    """Raise ``ValueError`` early when the data alone exceeds ``mem_bytes``."""
+    regions = data_regions(g)
+    _check_fits(g.config, regions, 0, _layout_regions(g.config, regions, 0)[1])
+
+
 def allocate(ir: ScheduleIR) -> ScheduleIR:
     """External memory map: code at 0, then weights, parameters and activation buffers
-    (input, intermediates, output), every region beat aligned."""
+    (input, intermediates, output), every region beat aligned. Raises ``ValueError``
+    naming the sizes when it does not fit ``mem_bytes``."""
     cfg = ir.config
     order = {"weights": 0, "params": 1, "act": 2}
     regions = tuple(sorted(ir.regions, key=lambda r: order[r.kind]))
     bases, end = _layout_regions(cfg, regions, ir.code_bytes)
-    if end > cfg.mem_bytes:
-        parts = ", ".join(f"{kind} {sum(r.size for r in regions if r.kind == kind)}"
-                          for kind in ("weights", "params", "act"))
-        raise ValueError(f"model needs {end} bytes of external memory but mem_bytes is "
-                         f"{cfg.mem_bytes} (code {ir.code_bytes}, {parts} bytes); use a "
-                         f"config with mem_bytes >= {1 << math.ceil(math.log2(end))} or a "
-                         f"smaller batch")
+    _check_fits(cfg, regions, ir.code_bytes, end)
     return replace(ir, regions=regions, addresses=bases)
 
 
