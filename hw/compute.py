@@ -6,24 +6,12 @@ from amaranth.lib.wiring import In, Out
 
 from lowbit import isa
 from lowbit.isa import Opcode
+from lowbit.timing import compute_timing
 
 from .decode import TokenPort, field, opcode_of
 from .pe import SystolicArray
 
-__all__ = ["ComputeUnit", "compute_timing"]
-
-
-def compute_timing(cfg) -> dict:
-    """Fixed latencies of the compute pipeline, shared with the cycle simulator.
-
-    ``feed``: cycles from an activation read to the vector entering the array.
-    ``result``: cycles from an activation read to its accumulator write (completion).
-    ``bank_wait``: cycles after the last read of a tile before its bank may be rewritten.
-    """
-    feed = 2
-    latency = cfg.rows + cfg.cols - 1
-    return {"feed": feed, "result": feed + latency,
-            "bank_wait": feed + cfg.rows + cfg.cols - 2}
+__all__ = ["ComputeUnit"]
 
 
 class ComputeUnit(wiring.Component):

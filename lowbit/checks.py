@@ -82,7 +82,7 @@ def check_program(prog) -> None:
             if ins.dram_addr + nbytes > cfg.mem_bytes:
                 bad(f"writes beyond mem_bytes={cfg.mem_bytes:#x}")
         elif ins.opcode == Opcode.SYNC:
-            if ins.unit not in tuple(isa.Unit):
+            if ins.get("unit") not in tuple(isa.Unit):
                 bad(f"unit must be one of {[u.value for u in isa.Unit]}")
         unit = ins.unit
         if unit == isa.Unit.LOAD and ins.pop_prev | ins.push_prev:

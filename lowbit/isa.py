@@ -151,6 +151,9 @@ def field_offsets(opcode: Opcode) -> dict[str, tuple[int, int]]:
 
 
 _OFFSETS = {op: field_offsets(op) for op in Opcode}
+_UNIT_VALUES = frozenset(int(u) for u in Unit)
+#: Field names that are also Instr members: read them with ``Instr.get``.
+_RESERVED_NAMES = frozenset({"opcode", "fields", "unit", "get", "as_dict"})
 
 
 @dataclass(frozen=True)
@@ -160,22 +163,28 @@ class Instr:
     opcode: Opcode
     fields: tuple[tuple[str, int], ...]
 
-    def __getattr__(self, name):
-        for key, value in object.__getattribute__(self, "fields"):
-            if key == name:
-                return value
-        if name in _OFFSETS[object.__getattribute__(self, "opcode")]:
-            return 0
-        raise AttributeError(name)
+    def __post_init__(self):
+        # Fields become plain attributes (fast to read in the simulators); absent ones are 0.
+        attrs = self.__dict__
+        for name in _OFFSETS[self.opcode]:
+            if name not in _RESERVED_NAMES:
+                attrs[name] = 0
+        for name, value in self.fields:
+            if name not in _RESERVED_NAMES:
+                attrs[name] = value
 
     @property
     def unit(self) -> Unit | None:
         if self.opcode == Opcode.SYNC:
-            return Unit(self.get("unit"))
+            value = self.get("unit")
+            return Unit(value) if value in _UNIT_VALUES else None
         return UNIT_OF.get(self.opcode)
 
     def get(self, name: str) -> int:
-        return dict(self.fields).get(name, 0)
+        for key, value in self.fields:
+            if key == name:
+                return value
+        return 0
 
     def as_dict(self) -> dict:
         return {"op": self.opcode.name, **dict(self.fields)}

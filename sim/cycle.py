@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from lowbit.executors import RunResult
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program, ProgramError
+from lowbit.timing import compute_timing
 
 from .reference import run_reference
 
@@ -55,8 +56,6 @@ class Timing:
 
     @classmethod
     def of(cls, cfg, mem_latency: int) -> Timing:
-        from lowbit.hw.compute import compute_timing
-
         ct = compute_timing(cfg)
         return cls(mem_latency=mem_latency, weight_tile_beats=cfg.weight_tile_beats,
                    result=ct["result"], bank_wait=ct["bank_wait"],

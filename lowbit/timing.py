@@ -1,0 +1,19 @@
+"""Fixed latencies of the compute pipeline, shared by the hardware and the cycle simulator.
+
+Kept free of Amaranth imports so the simulator starts fast.
+"""
+
+__all__ = ["compute_timing"]
+
+#: Cycles from an activation scratchpad read to the vector entering the array (read port
+#: latency, then a register after the sign/zero extension).
+FEED = 2
+
+
+def compute_timing(cfg) -> dict:
+    """``feed``: activation read -> array input. ``result``: activation read -> its
+    accumulator write (the instruction's completion). ``bank_wait``: last read of a tile ->
+    the edge after which its weight bank may be rewritten."""
+    latency = cfg.rows + cfg.cols - 1          # SystolicArray.latency
+    return {"feed": FEED, "result": FEED + latency,
+            "bank_wait": FEED + cfg.rows + cfg.cols - 2}
