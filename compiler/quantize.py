@@ -151,8 +151,9 @@ def quantize_weights(w: np.ndarray, bits: int, *, method: str = "mse",
 
     Returns ``(q, scales)`` with ``q`` on ``[-2^(bits-1), 2^(bits-1)-1]`` and
     ``w ~= q * scales``. ``method="minmax"`` uses ``scale = max|w| / (2^(bits-1)-1)``;
-    ``method="mse"`` tries ``ratios`` clip ratios from 0.05 to 1 of that scale (1 included)
-    and keeps, per channel, the one with the smallest squared error.
+    ``method="mse"`` tries ``ratios`` clip ratios from 0.05 to 1 of that scale (1 and
+    ``(2^(bits-1)-1) / 2^(bits-1)`` included) and keeps, per channel, the one with the
+    smallest squared error.
     """
     lo, hi = weight_range(bits)
     w = np.asarray(w, dtype=np.float64)
@@ -167,7 +168,8 @@ def quantize_weights(w: np.ndarray, bits: int, *, method: str = "mse",
     else:
         best_err = np.full(w.shape[1], np.inf)
         scales = base.copy()
-        for ratio in np.linspace(0.05, 1.0, ratios):
+        # hi / (hi + 1) maps max|w| exactly onto the extra negative code -2^(bits-1)
+        for ratio in np.unique(np.append(np.linspace(0.05, 1.0, ratios), hi / (hi + 1))):
             s = base * ratio
             err = ((np.clip(np.round(w / s), lo, hi) * s - w) ** 2).sum(axis=0)
             better = err < best_err
