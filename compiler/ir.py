@@ -115,8 +115,9 @@ class GraphIR:
 class LayerTiling:
     """How one layer is cut into tiles and placed in the scratchpads.
 
-    ``m_tiles`` are ``(first row, rows)`` pairs covering the padded batch ``mp``; each is
-    computed into one accumulator buffer of ``acc_lines`` lines. The activation scratchpad is
+    ``m_tiles`` are ``(first row, rows)`` pairs covering the padded batch ``mp``; each
+    output tile is computed into the next of ``acc_buffers`` accumulator buffers of
+    ``acc_lines`` lines. The activation scratchpad is
     a ring of ``act_slots`` slots of ``mt`` lines, each holding one ``rows``-wide K block of
     one M tile; ``act_resident`` means all ``kb`` blocks of an M tile stay loaded while every
     N block is computed (otherwise blocks are streamed again for every N block).

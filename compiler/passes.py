@@ -29,8 +29,8 @@ blocks of ``R`` / ``C``. The loop nest is ::
   computing). If a layer's tiles fit the ring they are loaded once (``weight_resident``);
   otherwise they are streamed again for every M tile. The ring continues across layers,
   so the next layer's first weights load during the previous layer's last tiles.
-* **Accumulators**: two buffers (halves) alternate between output tiles, so the STORE
-  of one tile overlaps the COMPUTEs of the next.
+* **Accumulators**: a ring of ``acc_depth // mt`` (at least two) buffers of ``mt`` lines,
+  one per output tile, so the STOREs of earlier tiles overlap the COMPUTEs of the next.
 * **Parameters**: one line per N block; a ring of two slots of ``param_group`` lines,
   loaded once per layer when they fit.
 
@@ -166,6 +166,11 @@ def _layer_cost(cfg, mp, mt, kb, nb, wg, w_ring, act_group_fn) -> tuple[int, dic
     prologue = group * blk_beats + min(wg, tiles) * wtb + 2 * _XFER
     epilogue = R + C + mt * C // B + _XFER
     cost = max(comp, load, store, dispatch) + prologue + epilogue
+    # a tile's accumulator buffer is reused acc_depth // mt tiles later, once stored
+    buffers = cfg.acc_depth // mt
+    tile_time = kb * per_compute
+    drain = R + C + 2 + max(mt * C // B, mt) + _XFER
+    cost += n_m * nb * max(0, drain - (buffers - 1) * tile_time)
     if not resident or slots < 2 * kb:
         # the activation blocks of an M tile (or of every N block) cannot all load ahead
         exposed = (n_m if resident else n_m * nb) - 1
@@ -184,12 +189,10 @@ def plan_tiles(g: GraphIR) -> TiledIR:
     cfg = g.config
     lpb = cfg.lines_per_beat
     wg, wslots, pg, pslots = _ring_geometry(cfg)
-    if lpb <= cfg.acc_depth // 2:
-        acc_buffers, acc_lines = 2, cfg.acc_depth // 2
-    else:
-        acc_buffers, acc_lines = 1, cfg.acc_depth
+    # at least two accumulator buffers (STORE of one tile overlaps COMPUTE of the next)
+    acc_cap = cfg.acc_depth // 2 if lpb <= cfg.acc_depth // 2 else cfg.acc_depth
     row_beats_cap = (0xFFFF * cfg.beat_bytes) // cfg.rows      # LOAD.row_beats is 16 bits
-    mt_cap = min(acc_lines, cfg.act_depth, 0xFFFF, row_beats_cap) // lpb * lpb
+    mt_cap = min(acc_cap, cfg.act_depth, 0xFFFF, row_beats_cap) // lpb * lpb
     tilings = []
     for i, ly in enumerate(g.layers):
         m = g.tensor(ly.src).rows
@@ -214,7 +217,7 @@ def plan_tiles(g: GraphIR) -> TiledIR:
             layer=i, m=m, mp=mp, k=ly.k, n=ly.n, kb=kb, nb=nb, mt=mt, m_tiles=tiles,
             act_slots=info["slots"], act_resident=info["resident"], act_group=info["group"],
             weight_resident=info["w_res"], param_resident=nb <= pg * pslots,
-            acc_buffers=acc_buffers, acc_lines=acc_lines, est_cycles=int(cost)))
+            acc_buffers=cfg.acc_depth // mt, acc_lines=mt, est_cycles=int(cost)))
     return TiledIR(graph=g, tilings=tuple(tilings), weight_group=wg, weight_slots=wslots,
                    param_group=pg, param_slots=pslots)
 
@@ -277,11 +280,12 @@ class _Builder:
         self.written: dict[str, np.ndarray] = {}                  # tensor -> (blocks, Mp)
 
     def add_load(self, op: Op, due: int, prio: int, blocker: int, store_blocker: int, *,
-                 prefetch: int = 0) -> None:
+                 early: int | None = None) -> None:
+        """A load needed by compute ``due``; placed from compute ``early`` on if given."""
         if blocker >= due:
             raise CompileError(f"internal: {op.render()} is due at compute {due} but its "
                                f"destination is in use until {blocker}")
-        key = max(blocker + 1, due - prefetch)
+        key = max(blocker + 1, min(due, due if early is None else early))
         self.loads.append(_Load(op, due, key, prio, blocker, store_blocker, len(self.loads)))
 
 
@@ -363,10 +367,13 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=lines * R // B, rows=count,
                      row_beats=rows * R // B, dram_addr=k * mp * R + m0 * R, stride=mp * R,
                      region=ly.src, note=f"{ly.name} act m{mi} k{k}..{k + count - 1}")
-        # the next M tile's blocks load while this one computes (double-buffered slots)
-        ahead = max(kb, kb * nb // 2) if lt.act_resident and mi and \
-            lt.act_slots >= 2 * kb else 0
-        bld.add_load(op, ci, 1, max(blocker, sb), sb, prefetch=ahead)
+        # with double-buffered slots, the blocks of M tile m load while tile m - 1
+        # computes, spread evenly over its computes (not in a burst that would hold up
+        # the weight loads behind them in the in-order load unit)
+        early = None
+        if lt.act_resident and mi and lt.act_slots >= 2 * kb:
+            early = tile_first[mi - 1] + k * nb
+        bld.add_load(op, ci, 1, max(blocker, sb), sb, early=early)
         for j in range(count):      # the transfer packs the blocks ``rows`` lines apart
             act_at[(mi, n, k + j)] = lines + j * rows
         apos += count
@@ -404,7 +411,9 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
     if lt.param_resident:
         for grp in range(p_groups):
             load_params(grp, first)
+    tile_first: list[int] = []                 # first compute of each M tile
     for mi, (m0, rows) in enumerate(lt.m_tiles):
+        tile_first.append(len(bld.computes))
         if not lt.weight_resident or mi == 0:
             w_slot.clear()
         if not lt.param_resident:

@@ -194,7 +194,9 @@ def test_memory_map_and_schedule_shape():
     assert wloads[0].dram_addr == mm["w0"]
     assert kinds[-1] == (Opcode.END, 0)
     stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
-    assert [s.acc_addr for s in stores] == [0, cfg.acc_depth // 2, 0]   # alternating halves
+    mt = prog.meta["layers"][0]["mt"]
+    assert mt == 6                                # one M tile; acc_depth // 6 buffers
+    assert [s.acc_addr for s in stores] == [0, 6, 12]     # a new buffer per output tile
 
 
 # -- the token verifier ---------------------------------------------------------------------
