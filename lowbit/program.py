@@ -69,18 +69,28 @@ class Program:
 
     @property
     def code(self) -> bytes:
-        return b"".join(isa.encode(i) for i in self.instrs)
+        """The encoded instruction stream (cached; rebuilt if ``instrs`` is replaced)."""
+        cached = getattr(self, "_code_of", None)
+        if cached is None or len(cached) != len(self.instrs) \
+                or not all(a is b for a, b in zip(cached, self.instrs, strict=True)):
+            self._code = b"".join(isa.encode(i) for i in self.instrs)
+            self._code_of = tuple(self.instrs)
+        return self._code
 
     def memory_image(self, inputs: dict[str, np.ndarray] | None = None) -> bytearray:
         """The external memory at start: code, constants and the given input tensors."""
-        mem = bytearray(self.config.mem_bytes)
-        code = self.code
-        mem[self.prog_addr:self.prog_addr + len(code)] = code
+        return bytearray(self.memory_array(inputs).tobytes())
+
+    def memory_array(self, inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """:meth:`memory_image` as a writable ``uint8`` array (cheap: zero pages are lazy)."""
+        mem = np.zeros(self.config.mem_bytes, dtype=np.uint8)
+        code = np.frombuffer(self.code, dtype=np.uint8)
+        mem[self.prog_addr:self.prog_addr + code.size] = code
         for addr, data in self.segments:
-            mem[addr:addr + len(data)] = data
+            mem[addr:addr + len(data)] = np.frombuffer(data, dtype=np.uint8)
         for ref, value in self._match_inputs(inputs or {}):
-            data = pack_act(self.config, value)
-            mem[ref.addr:ref.addr + len(data)] = data
+            data = np.frombuffer(pack_act(self.config, value), dtype=np.uint8)
+            mem[ref.addr:ref.addr + data.size] = data
         return mem
 
     def _match_inputs(self, inputs):
@@ -200,4 +210,8 @@ class Program:
     def validate(self) -> None:
         """Check every instruction against the config's memories; raise ProgramError."""
         from .checks import check_program
-        check_program(self)
+
+        code = self.code
+        if getattr(self, "_validated", None) is not code:
+            check_program(self)
+            self._validated = code

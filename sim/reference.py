@@ -52,16 +52,17 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
     cfg = program.config
     program.validate()
     R, C, B = cfg.rows, cfg.cols, cfg.beat_bytes
-    mem_bytes = program.memory_image(_inputs_dict(program, inputs))
-    mem = np.frombuffer(mem_bytes, dtype=np.uint8)  # a writable view of the bytearray
+    mem = program.memory_array(_inputs_dict(program, inputs))
 
     act = np.zeros(cfg.act_depth * R, dtype=np.uint8)
     wgt = np.zeros(cfg.weight_words * B, dtype=np.uint8)
     prm = np.zeros(cfg.param_depth * C * layout.PARAM_BYTES, dtype=np.uint8)
-    acc = np.zeros((cfg.acc_depth, C), dtype=np.int64)
+    # With 32-bit accumulators numpy's int32 assignment is exactly the two's-complement wrap.
+    wide = cfg.acc_bits == 32
+    acc = np.zeros((cfg.acc_depth, C), dtype=np.int32 if wide else np.int64)
     targets = {LoadTarget.ACT: act, LoadTarget.WEIGHT: wgt, LoadTarget.PARAM: prm}
     tile_bytes = cfg.weight_tile_beats * B
-    tiles: dict[int, np.ndarray] = {}   # decoded weight tiles by word; cleared by weight loads
+    tiles: dict[bytes, np.ndarray] = {}   # decoded weight tiles by their packed bytes
     line_bytes = C * layout.PARAM_BYTES
 
     counters = dict(instrs=0, load_instrs=0, compute_instrs=0, store_instrs=0, sync_instrs=0,
@@ -70,54 +71,51 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
                 Unit.STORE: "store_instrs"}
 
     for ins in program.instrs:
-        f = dict(ins.fields)
         op = ins.opcode
         counters["instrs"] += 1
         if op == Opcode.END:
             break
         counters[unit_key[ins.unit]] += 1
         if op == Opcode.LOAD:
-            target = LoadTarget(f.get("target", 0))
-            dst = targets[target]
-            rows, row_bytes = f["rows"], f["row_beats"] * B
-            base, stride, sp = f.get("dram_addr", 0), f.get("stride", 0), f.get("sp_addr", 0) * B
-            src = (base + stride * np.arange(rows))[:, None] + np.arange(row_bytes)[None, :]
-            dst[sp:sp + rows * row_bytes] = mem[src].reshape(-1)
+            dst = targets[LoadTarget(ins.target)]
+            rows, row_bytes = ins.rows, ins.row_beats * B
+            base, stride, sp = ins.dram_addr, ins.stride, ins.sp_addr * B
+            if rows == 1 or stride == row_bytes:
+                dst[sp:sp + rows * row_bytes] = mem[base:base + rows * row_bytes]
+            else:
+                src = (base + stride * np.arange(rows))[:, None] + np.arange(row_bytes)[None, :]
+                dst[sp:sp + rows * row_bytes] = mem[src].reshape(-1)
             counters["dram_read_bytes"] += rows * row_bytes
-            if target == LoadTarget.WEIGHT:
-                tiles.clear()
         elif op == Opcode.COMPUTE:
-            rows, a0, c0 = f["rows"], f.get("act_addr", 0), f.get("acc_addr", 0)
-            w0 = f.get("weight_addr", 0)
+            rows, a0, c0, w0 = ins.rows, ins.act_addr, ins.acc_addr, ins.weight_addr
             lines = act[a0 * R:(a0 + rows) * R].reshape(rows, R)
-            a = lines.astype(np.int64) if f.get("act_unsigned", 0) \
+            a = lines.astype(np.int64) if ins.act_unsigned \
                 else lines.view(np.int8).astype(np.int64)
-            w = tiles.get(w0)
+            key = wgt[w0 * B:w0 * B + tile_bytes].tobytes()
+            w = tiles.get(key)
             if w is None:
-                w = tiles[w0] = layout.unpack_weight_tile(
-                    cfg, wgt[w0 * B:w0 * B + tile_bytes].tobytes())
+                w = tiles[key] = layout.unpack_weight_tile(cfg, key)
             r = a @ w
-            if f.get("accumulate", 0):
-                r = r + acc[c0:c0 + rows]
-            acc[c0:c0 + rows] = layout.wrap(r, cfg.acc_bits)
+            if ins.accumulate:
+                r += acc[c0:c0 + rows]
+            acc[c0:c0 + rows] = r if wide else layout.wrap(r, cfg.acc_bits)
             counters["macs"] += rows * R * C
         elif op == Opcode.STORE:
-            rows, c0, p = f["rows"], f.get("acc_addr", 0), f.get("param_addr", 0)
+            rows, c0, p = ins.rows, ins.acc_addr, ins.param_addr
             rec = prm[p * line_bytes:(p + 1) * line_bytes].reshape(C, layout.PARAM_BYTES)
             bias = rec[:, 0:4].copy().view("<i4").reshape(C).astype(np.int64)
             mult = rec[:, 4:6].copy().view("<u2").reshape(C).astype(np.int64)
             shift = rec[:, 6].astype(np.int64)
             y = layout.requantize(acc[c0:c0 + rows], bias[None, :], mult[None, :],
-                                  shift[None, :], relu=bool(f.get("relu", 0)),
-                                  out_bits=f.get("out_bits", 0),
-                                  out_unsigned=bool(f.get("out_unsigned", 0)))
-            addr = f.get("dram_addr", 0)
+                                  shift[None, :], relu=bool(ins.relu), out_bits=ins.out_bits,
+                                  out_unsigned=bool(ins.out_unsigned))
+            addr = ins.dram_addr
             mem[addr:addr + rows * C] = (y & 0xFF).astype(np.uint8).reshape(-1)
             counters["dram_write_bytes"] += rows * C
         elif op == Opcode.SYNC:
             counters["sync_instrs"] += 1
         else:  # pragma: no cover - decode() refuses unknown opcodes
             raise ProgramError(f"unknown opcode {op!r}")
-    outputs = program.read_outputs(mem_bytes)
+    outputs = program.read_outputs(mem)
     return RunResult(outputs=outputs, cycles=None, counters=counters, backend="reference")
 
