@@ -458,9 +458,6 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
 def _interleave(bld: _Builder) -> list[Op]:
     loads = sorted(bld.loads, key=lambda ld: (ld.key, ld.prio, ld.seq))
     layer_first = bld.layer_first
-    layer_of = np.zeros(len(bld.computes), np.int64)
-    for i, f in enumerate(layer_first):
-        layer_of[f:] = i
     ops: list[Op] = []
     li = 0
     for ci, (cop, layer) in enumerate(bld.computes):

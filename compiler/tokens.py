@@ -39,7 +39,8 @@ from lowbit.layout import PARAM_BYTES
 
 from .ir import TOKEN_FIELDS, Op
 
-__all__ = ["Access", "TokenError", "accesses", "assign_tokens", "verify_tokens"]
+__all__ = ["Access", "MAX_OUTSTANDING", "TokenError", "accesses", "assign_tokens",
+           "verify_tokens"]
 
 _MEMS = ("act", "weight", "param", "acc", "dram")
 _TARGET_MEM = {LoadTarget.ACT: "act", LoadTarget.WEIGHT: "weight", LoadTarget.PARAM: "param"}
@@ -51,6 +52,10 @@ _CHANNEL = {
     (Unit.STORE, Unit.COMPUTE): ("push_prev", "pop_next"),
 }
 _NAME = {Unit.LOAD: "load", Unit.COMPUTE: "compute", Unit.STORE: "store"}
+
+
+#: Tokens a hardware counter holds (8-bit counters, ``lowbit.hw.top.TOKEN_BITS``).
+MAX_OUTSTANDING = 255
 
 
 class TokenError(ValueError):
@@ -180,11 +185,18 @@ def _dram_extent(cfg, items) -> int:
 # -- verification ---------------------------------------------------------------------------
 
 
-def verify_tokens(cfg, instrs: Sequence, *, describe=None) -> None:
+def verify_tokens(cfg, instrs: Sequence, *, describe=None,
+                  max_outstanding: int = MAX_OUTSTANDING) -> int:
     """Check token balance and race freedom of an instruction sequence.
 
     ``instrs`` are :class:`lowbit.isa.Instr` or :class:`~lowbit.compiler.ir.Op` with absolute
     ``dram_addr``. Raises :class:`TokenError` naming the instructions involved.
+
+    Also bounds the tokens a counter can hold: an instruction is dispatched only once the
+    ``queue_depth``-th instruction before it on the same unit has started, so while pop
+    ``j`` waits, only pushes before the ``queue_depth``-th later instruction of its unit can
+    have happened. Returns the largest such bound; more than ``max_outstanding`` is an
+    error (the hardware counters would wrap).
     """
     items = []
     for ins in instrs:
@@ -196,6 +208,8 @@ def verify_tokens(cfg, instrs: Sequence, *, describe=None) -> None:
     vc_start: dict[Unit, list[np.ndarray]] = {u: [] for u in Unit}
     pushes: dict[tuple[Unit, Unit], list[int]] = {ch: [] for ch in _CHANNEL}
     pops = dict.fromkeys(_CHANNEL, 0)
+    push_pos: dict[tuple[Unit, Unit], list[int]] = {ch: [] for ch in _CHANNEL}
+    pop_pos: dict[tuple[Unit, Unit], list[int]] = {ch: [] for ch in _CHANNEL}
 
     for i, (opcode, f, accs) in enumerate(items):
         if opcode == Opcode.END:
@@ -237,10 +251,30 @@ def verify_tokens(cfg, instrs: Sequence, *, describe=None) -> None:
             if src == unit and f.get(push_flag, 0):
                 pushes[(src, dst)].append(index)
         tracker.update(unit, index, accs)
+        for (src, dst), (push_flag, pop_flag) in _CHANNEL.items():
+            if src == unit and f.get(push_flag, 0):
+                push_pos[(src, dst)].append(i)
+            if dst == unit and f.get(pop_flag, 0):
+                pop_pos[(src, dst)].append(i)
     for (src, dst), lst in pushes.items():
         if len(lst) != pops[(src, dst)]:
             raise TokenError(f"tokens do not balance: {len(lst)} {_NAME[src]}->{_NAME[dst]} "
                              f"tokens pushed but {pops[(src, dst)]} popped")
+    worst = 0
+    q = cfg.queue_depth
+    for (src, dst), positions in pop_pos.items():
+        mine = global_of[dst]
+        for j, i in enumerate(positions):
+            k = bisect.bisect_left(mine, i) + q
+            limit = mine[k] if k < len(mine) else len(items)
+            bound = bisect.bisect_left(push_pos[(src, dst)], limit) - j
+            if bound > worst:
+                worst = bound
+            if bound > max_outstanding:
+                raise TokenError(f"up to {bound} {_NAME[src]}->{_NAME[dst]} tokens may be "
+                                 f"outstanding when {describe(i)} pops; the hardware counter "
+                                 f"holds {max_outstanding}")
+    return worst
 
 
 # -- assignment -----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _check_program(prog: Program):
     """ISA rules, layout alignment and the token protocol of a compiled program."""
     cfg = prog.config
     prog.validate()
-    verify_tokens(cfg, prog.instrs)
+    assert verify_tokens(cfg, prog.instrs) <= 4 * cfg.queue_depth + 8
     lpb, B = cfg.lines_per_beat, cfg.beat_bytes
     for ins in prog.instrs:
         if ins.opcode == Opcode.LOAD and ins.target == LoadTarget.ACT:
@@ -278,6 +278,23 @@ def test_verifier_catches_write_after_read():
     instrs[1] = _edit(instrs, 1, push_prev=1)[1]
     instrs[2] = _edit(instrs, 2, pop_next=1)[2]
     verify_tokens(cfg, instrs)                   # ordered now
+
+
+def test_verifier_bounds_outstanding_tokens():
+    """300 loads pushing before 300 computes popping could overflow the 8-bit counter."""
+    cfg = CONFIGS["tiny"]
+    mk = isa.make
+    n = 300
+    loads = [mk(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=i, rows=1, row_beats=1,
+                dram_addr=0, stride=0, push_next=1) for i in range(n)]     # line i
+    computes = [mk(Opcode.COMPUTE, act_addr=i, weight_addr=0, acc_addr=0, rows=1, pop_prev=1)
+                for i in range(n)]
+    with pytest.raises(TokenError, match=re.escape(
+            "up to 300 load->compute tokens may be outstanding when instruction 300 "
+            "(COMPUTE(") + r".*\) pops; the hardware counter holds 255"):
+        verify_tokens(cfg, loads + computes + [mk(Opcode.END)])
+    interleaved = [x for pair in zip(loads, computes, strict=True) for x in pair]
+    assert verify_tokens(cfg, interleaved + [mk(Opcode.END)]) == cfg.queue_depth + 1
 
 
 def test_token_pass_is_checked_by_its_verifier(monkeypatch):
