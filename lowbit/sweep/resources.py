@@ -1,0 +1,263 @@
+"""FPGA resources of a config: a cheap analytic estimate, or synthesis/P&R on a board.
+
+A *resource model* is a function ``model(cfg, *, board, work_dir) -> Resources`` (a dict with
+the same keys is accepted too). A sweep names its model with ``resources = ...``:
+
+``"analytic"`` (default)
+    :func:`analytic_resources`, a closed-form count of the PE array, the memories and a
+    fixed control overhead (documented in ``docs/sweep.md``). Milliseconds per config; no
+    Fmax, so latency is taken at the config's target clock.
+``"pnr"``
+    Synthesis, place and route of the board target through ``lowbit.boards.build``;
+    latency is taken at the achieved Fmax. Needs ``boards``.
+``"synth"``
+    A quick synthesis estimate through ``lowbit.boards`` when it provides one. Needs
+    ``boards``.
+``"package.module:function"``
+    Any importable function with the signature above. It is imported by name in each worker
+    process (so it works with process pools and Dask clusters alike).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lowbit.config import AccelConfig
+
+__all__ = [
+    "BRAM_ASPECTS",
+    "BUILTIN_MODELS",
+    "Resources",
+    "ResourceModel",
+    "analytic_resources",
+    "check_resource_model",
+    "known_boards",
+    "memories",
+    "resolve_resource_model",
+]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resource use of one config. ``bram`` counts 18-Kbit block RAMs; ``bram_bits`` is the
+    memory the design asks for; ``fmax_mhz`` is ``None`` unless a timing analysis ran."""
+
+    lut: int | None = None
+    ff: int | None = None
+    dsp: int | None = None
+    bram: int | None = None
+    bram_bits: int | None = None
+    fmax_mhz: float | None = None
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+ResourceModel = Callable[..., "Resources | dict"]
+
+#: Block RAM aspect ratios (depth, width) of an 18-Kbit block (ECP5 DP16KD, Xilinx
+#: RAMB18, Gowin BSRAM); a memory takes the cheapest of them.
+BRAM_ASPECTS = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+
+# Analytic-model constants (see docs/sweep.md). Control: fetch/dispatch, decoders, the
+# three units' sequencers, AXI masters and CSRs, independent of the array.
+_CONTROL_LUT, _CONTROL_FF = 2000, 1500
+_STORE_MULT_BITS = 16           # post-processing multiplier width (lowbit.layout.MULT_BITS)
+_STORE_SHIFT_LEVELS = 6         # rounding shift amount 0..63
+_DSP_WIDTH = 18                 # one DSP multiplies 18 x 18
+
+
+def memories(cfg: AccelConfig) -> dict[str, tuple[int, int, int]]:
+    """``{name: (width, depth, copies)}`` of the block memories the generator instantiates
+    (``lowbit.hw.top``). The accumulator has two read ports (read-modify-write and store)
+    besides its write port, which block RAMs provide by keeping two copies."""
+    def line_memory(line_bits: int, lines: int) -> tuple[int, int, int]:
+        word = max(line_bits, cfg.bus_bits)
+        return word, lines * line_bits // word, 1
+
+    return {
+        "act": line_memory(cfg.act_line_bits, cfg.act_depth),
+        "weight": line_memory(cfg.bus_bits, cfg.weight_words),
+        "param": line_memory(cfg.param_line_bits, cfg.param_depth),
+        "acc": (cfg.cols * cfg.acc_bits, cfg.acc_depth, 2),
+    }
+
+
+def _bram_blocks(width: int, depth: int) -> int:
+    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in BRAM_ASPECTS)
+
+
+def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
+                       work_dir: Path | None = None) -> Resources:
+    """A closed-form estimate of LUT4s, flip-flops, DSPs and 18-Kbit BRAMs.
+
+    Meant for ranking configs against each other, not for sign-off: the constants are
+    round numbers for a LUT4 fabric with carry chains, not fitted to a synthesis tool.
+    """
+    from lowbit.hw.pe import ACT_WIDTH
+    from lowbit.layout import MULT_BITS
+
+    assert MULT_BITS == _STORE_MULT_BITS
+    a, wb, acc = ACT_WIDTH, cfg.weight_bits, cfg.acc_bits
+    r, c = cfg.rows, cfg.cols
+    # PE: ACT_WIDTH x wb array multiplier (one LUT per partial-product bit), the acc_bits
+    # partial-sum adder, a bank-select mux; registers: two weight banks, the activation,
+    # the bank select and the partial sum.
+    pe_lut = a * wb + acc + wb
+    pe_ff = 2 * wb + a + 1 + acc
+    # Array edges: input skew (triangle of activation registers) and output de-skew.
+    skew_ff = (r * (r - 1) // 2) * (a + 1) + (c * (c - 1) // 2) * acc
+    # Accumulator read-modify-write adders, one per column, and their pipeline registers.
+    accum_lut, accum_ff = c * acc, 2 * c * acc
+    # Store unit per column: bias adder, (acc_bits + 1) x 16 multiply on DSPs, rounding
+    # shifter (a mux level per shift bit), ReLU/clamp; registers of its three stages.
+    prod_bits = acc + 1 + _STORE_MULT_BITS
+    store_lut = c * (acc + prod_bits * _STORE_SHIFT_LEVELS // 2 + 16)
+    store_ff = c * (acc + 1 + prod_bits + 8 + 6)
+    dsp = c * math.ceil((acc + 1) / _DSP_WIDTH)
+    # Instruction queues in LUT RAM (16 x 1 per LUT), three of 128-bit entries.
+    queue_lut = 3 * 128 * math.ceil(cfg.queue_depth / 16)
+    # Bus-wide datapath: DMA width conversion muxes and beat registers.
+    bus_lut, bus_ff = 4 * cfg.bus_bits, 3 * cfg.bus_bits
+    mems = memories(cfg)
+    bram = sum(copies * _bram_blocks(w, d) for w, d, copies in mems.values())
+    bram_bits = sum(copies * w * d for w, d, copies in mems.values())
+    lut = r * c * pe_lut + accum_lut + store_lut + queue_lut + bus_lut + _CONTROL_LUT
+    ff = r * c * pe_ff + skew_ff + accum_ff + store_ff + bus_ff + _CONTROL_FF
+    return Resources(lut=lut, ff=ff, dsp=dsp, bram=bram, bram_bits=bram_bits,
+                     fmax_mhz=None, source="analytic")
+
+
+# -- lowbit.boards adapters -----------------------------------------------------------------
+
+def _boards_build():
+    try:
+        from lowbit.boards import build as build_module
+    except ImportError:
+        return None
+    return getattr(build_module, "build", None)
+
+
+def known_boards() -> set[str] | None:
+    """Board names ``lowbit.boards`` knows, or ``None`` if it does not list them."""
+    try:
+        import lowbit.boards as boards
+    except ImportError:
+        return None
+    for attr in ("BOARDS", "TARGETS"):
+        table = getattr(boards, attr, None)
+        if isinstance(table, dict) and table:
+            return set(table)
+    return None
+
+
+def _pick(report, *names):
+    for name in names:
+        if isinstance(report, dict):
+            for key in (name, name.upper()):
+                if key in report and report[key] is not None:
+                    return report[key]
+        else:
+            for key in (name, name.upper()):
+                value = getattr(report, key, None)
+                if value is not None and not callable(value):
+                    return value
+    return None
+
+
+def resources_from_report(report, *, source: str) -> Resources:
+    """A :class:`Resources` from a ``lowbit.boards`` build report (a dict or an object with
+    LUT/FF/DSP/BRAM counts and Fmax under the usual names)."""
+    if hasattr(report, "to_dict") and callable(report.to_dict):
+        report = report.to_dict()
+    nested = _pick(report, "resources", "utilization")
+    src = nested if nested is not None else report
+
+    def count(*names):
+        value = _pick(src, *names)
+        if isinstance(value, dict):       # {"used": n, "available": m}
+            value = value.get("used")
+        return None if value is None else int(value)
+
+    fmax = _pick(report, "fmax_mhz", "fmax", "max_freq_mhz")
+    return Resources(lut=count("lut", "luts", "lut4", "lc", "luts_used"),
+                     ff=count("ff", "ffs", "dff", "registers"),
+                     dsp=count("dsp", "dsps", "mult18", "mult"),
+                     bram=count("bram", "brams", "ebr", "bram18"),
+                     bram_bits=count("bram_bits"),
+                     fmax_mhz=None if fmax is None else float(fmax), source=source)
+
+
+def pnr_resources(cfg: AccelConfig, *, board: str | None, work_dir: Path) -> Resources:
+    """Synthesis, place and route of ``cfg`` on ``board`` through ``lowbit.boards.build``."""
+    build = _boards_build()
+    if build is None:
+        raise RuntimeError("resources = 'pnr' needs lowbit.boards.build.build, which this "
+                           "lowbit does not have")
+    report = build(board, cfg, out_dir=Path(work_dir))
+    return resources_from_report(report, source=f"pnr:{board}")
+
+
+def synth_resources(cfg: AccelConfig, *, board: str | None, work_dir: Path) -> Resources:
+    """A synthesis-only estimate through ``lowbit.boards`` (no place and route)."""
+    build = _boards_build()
+    if build is None:
+        raise RuntimeError("resources = 'synth' needs lowbit.boards.build, which this lowbit "
+                           "does not have")
+    params = inspect.signature(build).parameters
+    for name, value in (("pnr", False), ("synth_only", True), ("stage", "synth")):
+        if name in params:
+            report = build(board, cfg, out_dir=Path(work_dir), **{name: value})
+            res = resources_from_report(report, source=f"synth:{board}")
+            return Resources(**{**res.to_dict(), "fmax_mhz": None})
+    raise RuntimeError("resources = 'synth' needs lowbit.boards.build to offer a "
+                       "synthesis-only build")
+
+
+BUILTIN_MODELS: dict[str, ResourceModel] = {
+    "analytic": analytic_resources,
+    "pnr": pnr_resources,
+    "synth": synth_resources,
+}
+_NEEDS_BOARD = ("pnr", "synth")
+
+
+def resolve_resource_model(name: str) -> ResourceModel:
+    """The function a ``resources`` value names (a built-in or ``module:function``)."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    module, _, attr = name.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    if not callable(fn):
+        raise TypeError(f"resources {name!r} is not callable")
+    return fn
+
+
+def check_resource_model(name, boards) -> None:
+    """Refuse an unknown model, or a board-based one without boards."""
+    from .spec import SweepSpecError
+
+    allowed = f"one of {', '.join(BUILTIN_MODELS)} or 'package.module:function'"
+    if not isinstance(name, str) or not name:
+        raise SweepSpecError(f"resources must be {allowed}, not {name!r}")
+    if name in BUILTIN_MODELS:
+        if name in _NEEDS_BOARD and boards == (None,):
+            raise SweepSpecError(f"resources = {name!r} needs boards = [...] naming at least "
+                                 f"one board")
+        return
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr.isidentifier():
+        raise SweepSpecError(f"resources must be {allowed}, not {name!r}")
+    try:
+        fn = getattr(importlib.import_module(module), attr, None)
+    except ImportError as exc:
+        raise SweepSpecError(f"resources = {name!r}: cannot import {module!r} ({exc})") \
+            from None
+    if not callable(fn):
+        raise SweepSpecError(f"resources = {name!r}: {module!r} has no function {attr!r}")
