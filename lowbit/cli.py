@@ -9,6 +9,7 @@ Subcommands::
     lowbit compile-gemm [--config CFG] --shape M K N [--seed S] -o prog.lbp
     lowbit run PROG [--backend reference|sim|rtl] [--input x.npy] [--output y.npy] [--waves]
     lowbit cosim PROG [--input x.npy]
+    lowbit sweep SPEC [--out DIR] [--scheduler ADDR] [--workers N]   (see lowbit.sweep.cli)
 
 ``CFG`` is a preset name (``lowbit config --list``) or a ``.json``/``.toml`` file. Errors in
 what the user gave (a bad config, program, instruction, value or path) print one line
@@ -360,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=cmd_run)
         else:
             p.set_defaults(func=cmd_cosim)
+
+    try:  # ``lowbit sweep`` lives with the sweep package, which adds its own subcommand.
+        from .sweep.cli import register_cli
+    except ImportError:  # pragma: no cover - the sweep package or a dependency is missing
+        pass
+    else:
+        register_cli(sub)
     return parser
 
 
