@@ -113,7 +113,7 @@ def _run_dask(tasks, contexts, address: str) -> Iterator[tuple[int, DesignResult
         futures = {client.submit(compute_design, task, shared, pure=False): i
                    for i, task in enumerate(tasks)}
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=client.loop):
                 yield futures[future], future.result()
         finally:
             client.cancel(list(futures))
