@@ -29,8 +29,9 @@ blocks of ``R`` / ``C``. The loop nest is ::
   computing). If a layer's tiles fit the ring they are loaded once (``weight_resident``);
   otherwise they are streamed again for every M tile. The ring continues across layers,
   so the next layer's first weights load during the previous layer's last tiles.
-* **Accumulators**: a ring of ``acc_depth // mt`` (at least two) buffers of ``mt`` lines,
-  one per output tile, so the STOREs of earlier tiles overlap the COMPUTEs of the next.
+* **Accumulators**: a ring of buffers of ``mt`` lines, one per output tile, so the STORE
+  of a tile overlaps the COMPUTEs of the next ones: two buffers, more when a tile computes
+  faster than the previous one drains (result latency plus STORE).
 * **Parameters**: one line per N block; a ring of two slots of ``param_group`` lines,
   loaded once per layer when they fit.
 
@@ -166,16 +167,20 @@ def _layer_cost(cfg, mp, mt, kb, nb, wg, w_ring, act_group_fn) -> tuple[int, dic
     prologue = group * blk_beats + min(wg, tiles) * wtb + 2 * _XFER
     epilogue = R + C + mt * C // B + _XFER
     cost = max(comp, load, store, dispatch) + prologue + epilogue
-    # a tile's accumulator buffer is reused acc_depth // mt tiles later, once stored
-    buffers = cfg.acc_depth // mt
+    # A tile's accumulator buffer is reused ``buffers`` tiles later, once it is stored:
+    # use just enough buffers to hide the drain (result latency + STORE). Few buffers also
+    # make computes wait for (and learn of) recent stores, which the next layer's loads
+    # need, so fewer SYNCs stall the compute queue at layer boundaries.
     tile_time = kb * per_compute
     drain = R + C + 2 + max(mt * C // B, mt) + _XFER
+    buffers = min(cfg.acc_depth // mt, 2 + _ceil_div(max(0, drain - tile_time), tile_time))
     cost += n_m * nb * max(0, drain - (buffers - 1) * tile_time)
     if not resident or slots < 2 * kb:
         # the activation blocks of an M tile (or of every N block) cannot all load ahead
         exposed = (n_m if resident else n_m * nb) - 1
         cost += exposed * max(0, blk_beats + _XFER - per_compute) * min(kb, slots)
-    return int(cost), dict(resident=resident, slots=slots, group=group, w_res=w_res)
+    return int(cost), dict(resident=resident, slots=slots, group=group, w_res=w_res,
+                           buffers=buffers)
 
 
 def _act_group(blk_beats: int, kb: int, slots: int, resident: bool) -> int:
@@ -217,7 +222,7 @@ def plan_tiles(g: GraphIR) -> TiledIR:
             layer=i, m=m, mp=mp, k=ly.k, n=ly.n, kb=kb, nb=nb, mt=mt, m_tiles=tiles,
             act_slots=info["slots"], act_resident=info["resident"], act_group=info["group"],
             weight_resident=info["w_res"], param_resident=nb <= pg * pslots,
-            acc_buffers=cfg.acc_depth // mt, acc_lines=mt, est_cycles=int(cost)))
+            acc_buffers=info["buffers"], acc_lines=mt, est_cycles=int(cost)))
     return TiledIR(graph=g, tilings=tuple(tilings), weight_group=wg, weight_slots=wslots,
                    param_group=pg, param_slots=pslots)
 

@@ -289,6 +289,7 @@ def assign_tokens(cfg, ops: Sequence[Op], dram_base: dict[str, int]) -> list[Op]
     pos_of: dict[Unit, list[int]] = {u: [] for u in Unit}     # unit index -> position in out
     vc_start: dict[Unit, list[np.ndarray]] = {u: [] for u in Unit}
     known_c = {Unit.LOAD: [], Unit.STORE: []}   # compute ops' start knowledge of L / S
+    last_pair: dict[tuple[Unit, Unit], tuple[int, int]] = {}   # channel -> (producer, pos)
     resolved = []
     for op in ops:
         f = op.fields()
@@ -296,6 +297,34 @@ def assign_tokens(cfg, ops: Sequence[Op], dram_base: dict[str, int]) -> list[Op]
             f["dram_addr"] = dram_base[op.region] + f.get("dram_addr", 0)
         resolved.append((op, f, accesses(cfg, op.opcode, f)))
     tracker = _Tracker(_mem_sizes(cfg, _dram_extent(cfg, resolved)))
+
+    def teach_last_compute(p: int) -> bool:
+        """Make the latest compute op wait for load ``p`` too (``p`` must precede it):
+        cheaper than a SYNC. Sound: the knowledge recorded so far for it and for the ops
+        that learned from it only grows."""
+        cs = pos_of[Unit.COMPUTE]
+        if not cs or pos_of[Unit.LOAD][p] > cs[-1]:
+            return False
+        cop = out[cs[-1]]
+        if cop[0].opcode != Opcode.COMPUTE:
+            return False
+        if cop[1].get("pop_prev"):
+            # it pops an earlier load q (the last load->compute pair): pop p instead,
+            # whose completion implies q's
+            q, consumer = last_pair[(Unit.LOAD, Unit.COMPUTE)]
+            assert consumer == cs[-1] and q < p
+            out[pos_of[Unit.LOAD][q]][1]["push_next"] = 0
+        prod = out[pos_of[Unit.LOAD][p]]
+        assert not prod[1].get("push_next")
+        prod[1]["push_next"] = 1
+        last_pair[(Unit.LOAD, Unit.COMPUTE)] = (p, cs[-1])
+        cop[1]["pop_prev"] = 1
+        vc = vc_start[Unit.COMPUTE][-1]
+        np.maximum(vc, vc_start[Unit.LOAD][p], out=vc)
+        vc[Unit.LOAD] = max(vc[Unit.LOAD], p)
+        known_c[Unit.LOAD][-1] = int(vc[Unit.LOAD])
+        known_c[Unit.STORE][-1] = int(vc[Unit.STORE])
+        return True
 
     def place(op: Op, accs, need: np.ndarray) -> None:
         unit = op.unit
@@ -306,6 +335,8 @@ def assign_tokens(cfg, ops: Sequence[Op], dram_base: dict[str, int]) -> list[Op]
             if need[far] > vc[far]:
                 ks = known_c[far]
                 y = bisect.bisect_left(ks, need[far])
+                if y == len(ks) and far == Unit.LOAD and teach_last_compute(int(need[far])):
+                    y = len(ks) - 1
                 if y == len(ks):                       # no compute op knows it: add a SYNC
                     sync_need = np.full(3, -1, np.int64)
                     sync_need[far] = need[far]
@@ -323,6 +354,7 @@ def assign_tokens(cfg, ops: Sequence[Op], dram_base: dict[str, int]) -> list[Op]
             assert not prod[1].get(push_flag), "producer already pushes on this channel"
             prod[1][push_flag] = 1
             flags[pop_flag] = 1
+            last_pair[(src, unit)] = (p, len(out))
             np.maximum(vc, vc_start[src][p], out=vc)
             vc[src] = p
         index = len(pos_of[unit])

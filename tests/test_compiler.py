@@ -195,7 +195,7 @@ def test_memory_map_and_schedule_shape():
     assert kinds[-1] == (Opcode.END, 0)
     stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
     mt = prog.meta["layers"][0]["mt"]
-    assert mt == 6                                # one M tile; acc_depth // 6 buffers
+    assert mt == 6           # one M tile; short tiles: three accumulator buffers of 6 lines
     assert [s.acc_addr for s in stores] == [0, 6, 12]     # a new buffer per output tile
 
 
