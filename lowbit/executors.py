@@ -12,6 +12,10 @@ on one of:
 ``rtl``
     The generated Verilog under Verilator and cocotb (:mod:`lowbit.sim.rtl`), with the
     memory image in an AXI4 memory model.
+``board``
+    An FPGA board (or a simulated one) running ``lowbit_board`` over its UART
+    (:mod:`lowbit.boards.host`; options ``port``, ``baud``, ``timeout_s``). The memory
+    latency is the bitstream's, not ``mem_latency``.
 
 Every backend returns a :class:`RunResult` with the same fields; the ``counters`` keys that
 two backends both report must agree.
@@ -32,7 +36,7 @@ __all__ = ["BACKENDS", "DEFAULT_MEM_LATENCY", "RunResult", "run"]
 #: write beat to the write response, in the memory model shared by ``sim`` and ``rtl``.
 DEFAULT_MEM_LATENCY = 20
 
-BACKENDS = ("reference", "sim", "rtl")
+BACKENDS = ("reference", "sim", "rtl", "board")
 
 
 @dataclass
@@ -68,6 +72,9 @@ def run(program: Program, inputs: dict[str, np.ndarray] | np.ndarray, *,
     elif backend == "rtl":
         from .sim.rtl import run_rtl
         result = run_rtl(program, inputs, mem_latency=mem_latency, **options)
+    elif backend == "board":
+        from .boards.host import run_board
+        result = run_board(program, inputs, **options)
     else:
         raise ProgramError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     result.backend = backend
