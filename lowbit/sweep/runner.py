@@ -26,6 +26,8 @@ from .worker import DesignResult, DesignTask, compute_design, prepare_contexts
 __all__ = ["Progress", "SweepResult", "STORE_NAME", "run_sweep"]
 
 STORE_NAME = "sweep.sqlite"
+#: How long to try to reach a Dask scheduler.
+CONNECT_TIMEOUT = "20s"
 
 
 @dataclass
@@ -105,18 +107,24 @@ def _run_pool(tasks, contexts, workers: int) -> Iterator[tuple[int, DesignResult
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_dask(tasks, contexts, address: str) -> Iterator[tuple[int, DesignResult]]:
-    from distributed import Client, as_completed
+def _connect(address: str):
+    """A Dask client for ``address``; an unreachable scheduler raises ``OSError``."""
+    from distributed import Client
 
-    with Client(address, timeout="30s", set_as_default=False) as client:
-        shared = client.scatter([contexts], broadcast=True)[0]
-        futures = {client.submit(compute_design, task, shared, pure=False): i
-                   for i, task in enumerate(tasks)}
-        try:
-            for future in as_completed(futures, loop=client.loop):
-                yield futures[future], future.result()
-        finally:
-            client.cancel(list(futures))
+    return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+
+
+def _run_dask(tasks, contexts, client) -> Iterator[tuple[int, DesignResult]]:
+    from distributed import as_completed
+
+    shared = client.scatter([contexts], broadcast=True)[0]
+    futures = {client.submit(compute_design, task, shared, pure=False): i
+               for i, task in enumerate(tasks)}
+    try:
+        for future in as_completed(futures, loop=client.loop):
+            yield futures[future], future.result()
+    finally:
+        client.cancel(list(futures))
 
 
 def default_workers() -> int:
@@ -176,6 +184,7 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
             f"{stats['invalid']} invalid, {stats['cached']} cached, {missing} to compute on "
             f"{where}")
 
+        client = _connect(scheduler) if scheduler and tasks else None
         bar = None
         if progress:
             bar = Progress(len(points), stream=None if progress is True else progress)
@@ -188,44 +197,44 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
             if bar:
                 bar.update(done, cached=stats["cached"], invalid=stats["invalid"],
                            failed=failed)
-        tick()
-        if tasks:
-            contexts = prepare_contexts({wl.name: wl for t in tasks
-                                         for _, wl in t.points}.values())
-            if scheduler:
-                stream = _run_dask(tasks, contexts, scheduler)
-            elif workers == 1 or len(tasks) <= 1:
-                stream = _run_inline(tasks, contexts)
-            else:
-                stream = _run_pool(tasks, contexts, workers)
-            try:
+
+        stream = None
+        try:
+            tick()
+            if tasks:
+                contexts = prepare_contexts({wl.name: wl for t in tasks
+                                             for _, wl in t.points}.values())
+                if client is not None:
+                    stream = _run_dask(tasks, contexts, client)
+                elif workers == 1 or len(tasks) <= 1:
+                    stream = _run_inline(tasks, contexts)
+                else:
+                    stream = _run_pool(tasks, contexts, workers)
                 for i, result in stream:
                     dk = task_designs[i]
                     keep = [(k, r) for k, r in result.points if r["status"] != "crash"]
                     for k, r in result.points:
+                        failed += r["status"] != "ok"
                         if r["status"] == "crash":
                             crashes[k] = r
-                            failed += 1
-                        elif r["status"] != "ok":
-                            failed += 1
                         results[k] = r
-                    new_res = (dk, result.resources) if result.computed_resources else None
                     if result.resources is not None:
                         resources[dk] = result.resources
                     if result.resources_error:
                         resource_errors[dk] = result.resources_error
-                    store.put_results(keep, new_res)
+                    store.put_results(keep, (dk, result.resources)
+                                      if result.computed_resources else None)
                     stats["computed"] += len(keep)
                     stats["crashed"] += len(result.points) - len(keep)
                     done += len(result.points)
                     tick()
-            finally:
-                if hasattr(stream, "close"):
-                    stream.close()
-                if bar:
-                    bar.close()
-        elif bar:
-            bar.close()
+        finally:
+            if stream is not None:
+                stream.close()
+            if client is not None:
+                client.close()
+            if bar:
+                bar.close()
 
     rows = build_rows(spec, points, results, resources, resource_errors, crashes)
     files = write_outputs(out_dir, spec, rows)

@@ -15,6 +15,7 @@ is a ``crash``, reported but not stored, so a rerun tries again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -198,9 +199,7 @@ def _run_program(cfg: AccelConfig, wl: ProgramWorkload, blob: bytes, mem_latency
         if have != want:
             raise ValueError(f"program {Path(wl.path).name!r} was compiled for {name}={want}; "
                              f"this point has {name}={have}")
-    program = Program(config=cfg, instrs=original.instrs, segments=original.segments,
-                      inputs=original.inputs, outputs=original.outputs,
-                      prog_addr=original.prog_addr, meta=original.meta)
+    program = dataclasses.replace(original, config=cfg)
     program.validate()
     rng = np.random.default_rng(wl.seed)
     inputs = {}
