@@ -465,7 +465,7 @@ def test_program_workload_custom_resources_and_fmax(tmp_path, capsys):
     spec = write_spec(tmp_path, f"""
 base = "tiny"
 resources = "{__name__}:fake_pnr"
-boards = ["boardA"]
+boards = ["icebreaker"]
 [vary]
 "rows,cols" = [[4, 4], [8, 8]]
 queue_depth = [2, 4]
@@ -489,9 +489,20 @@ path = "g.lbp"
         want, _ = simulate_timing(dataclasses.replace(prog, config=cfg.replace(
             queue_depth=depth)), mem_latency=20)
         assert int(r["cycles"]) == want
-        assert r["board"] == "boardA" and r["resources"] == "fake:boardA"
+        assert r["board"] == "icebreaker" and r["resources"] == "fake:icebreaker"
         assert r["clock_source"] == "fmax" and float(r["clock_mhz"]) == 80.0
         assert float(r["latency_us"]) == pytest.approx(want / 80.0)
+
+
+def test_unknown_board_is_refused():
+    from lowbit.sweep.resources import known_boards
+
+    known = known_boards()
+    if known is None:
+        pytest.skip("lowbit.boards does not list its boards")
+    with pytest.raises(SweepSpecError) as info:
+        spec_of('boards = ["icebreaker", "nope"]' + GEMM)
+    assert str(info.value) == f"boards must be one of {', '.join(sorted(known))}, not 'nope'"
 
 
 def test_spec_file_base_relative_to_spec(tmp_path):

@@ -146,12 +146,11 @@ def _boards_build():
 
 def known_boards() -> set[str] | None:
     """Board names ``lowbit.boards`` knows, or ``None`` if it does not list them."""
-    try:
-        import lowbit.boards as boards
-    except ImportError:
-        return None
-    for attr in ("BOARDS", "TARGETS"):
-        table = getattr(boards, attr, None)
+    for module in ("lowbit.boards.targets", "lowbit.boards"):
+        try:
+            table = getattr(importlib.import_module(module), "BOARDS", None)
+        except ImportError:
+            continue
         if isinstance(table, dict) and table:
             return set(table)
     return None
