@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,8 +62,7 @@ class TokenError(ValueError):
     """A program whose tokens do not balance or do not order a memory dependency."""
 
 
-@dataclass(frozen=True)
-class Access:
+class Access(NamedTuple):
     mem: str
     ranges: tuple[tuple[int, int], ...]   # half-open ranges of beats/words/lines
     write: bool
@@ -119,16 +118,15 @@ def _mem_sizes(cfg, dram_beats: int) -> dict[str, int]:
 
 
 class _Tracker:
-    """Per memory cell: the last writer (unit, index) and the readers since it, per unit.
+    """Per memory cell: the last writer and the readers since it, per unit.
 
-    One ``(cells, 5)`` array per memory: ``[writer unit, writer index, reader index of
-    load, of compute, of store]`` (-1: none).
+    One ``(cells, 6)`` array per memory: columns 0-2 hold the index of the last writer in
+    the column of its unit (-1 elsewhere), columns 3-5 the index of the last reader of each
+    unit since that write (-1: none), so one reduction over a range gives every conflict.
     """
 
-    _UNITS = np.arange(3)
-
     def __init__(self, sizes: dict[str, int]):
-        self.cells = {m: np.full((n, 5), -1, np.int64) for m, n in sizes.items()}
+        self.cells = {m: np.full((n, 6), -1, np.int64) for m, n in sizes.items()}
 
     def need(self, unit: int, accs: Sequence[Access]) -> np.ndarray:
         """Per unit, the index of its latest instruction this access conflicts with."""
@@ -138,11 +136,11 @@ class _Tracker:
             for a, b in acc.ranges:
                 if b <= a:
                     continue
-                sub = cells[a:b]
-                hit = sub[:, :1] == self._UNITS
-                np.maximum(need, np.where(hit, sub[:, 1:2], -1).max(axis=0), out=need)
                 if acc.write:
-                    np.maximum(need, sub[:, 2:].max(axis=0), out=need)
+                    top = cells[a:b].max(axis=0)
+                    np.maximum(need, np.maximum(top[:3], top[3:]), out=need)
+                else:
+                    np.maximum(need, cells[a:b, :3].max(axis=0), out=need)
         need[unit] = -1
         return need
 
@@ -152,10 +150,9 @@ class _Tracker:
             cells = self.cells[acc.mem]
             for a, b in acc.ranges:
                 for c in range(a, b):
-                    wu, wi = cells[c, 0], cells[c, 1]
-                    if wu == other and wi == index:
+                    if cells[c, other] == index:
                         return ("WAW" if acc.write else "RAW"), acc.mem, c
-                    if acc.write and cells[c, 2 + other] == index:
+                    if acc.write and cells[c, 3 + other] == index:
                         return "WAR", acc.mem, c
         return "?", "?", -1
 
@@ -163,14 +160,13 @@ class _Tracker:
         for acc in accs:
             if not acc.write:
                 for a, b in acc.ranges:
-                    self.cells[acc.mem][a:b, 2 + unit] = index
+                    self.cells[acc.mem][a:b, 3 + unit] = index
         for acc in accs:
             if acc.write:
                 for a, b in acc.ranges:
                     cells = self.cells[acc.mem]
-                    cells[a:b, 0] = unit
-                    cells[a:b, 1] = index
-                    cells[a:b, 2:] = -1
+                    cells[a:b] = -1
+                    cells[a:b, unit] = index
 
 
 def _dram_extent(cfg, items) -> int:
