@@ -331,7 +331,10 @@ def assign_tokens(cfg, ops: Sequence[Op], dram_base: dict[str, int]) -> list[Op]
             if need[far] > vc[far]:
                 ks = known_c[far]
                 y = bisect.bisect_left(ks, need[far])
-                if y == len(ks) and far == Unit.LOAD and teach_last_compute(int(need[far])):
+                # the latest compute can wait for the load instead, if this op is still to
+                # pop from it (and so learns of its new dependency)
+                if y == len(ks) and far == Unit.LOAD and vc[Unit.COMPUTE] < len(ks) - 1 \
+                        and teach_last_compute(int(need[far])):
                     y = len(ks) - 1
                 if y == len(ks):                       # no compute op knows it: add a SYNC
                     sync_need = np.full(3, -1, np.int64)
