@@ -297,6 +297,23 @@ def test_verifier_bounds_outstanding_tokens():
     assert verify_tokens(cfg, interleaved + [mk(Opcode.END)]) == cfg.queue_depth + 1
 
 
+def test_layer_boundary_forwards_store_to_load_through_compute():
+    """The next layer's activation LOAD reads what the last STORE wrote (RAW through DRAM):
+    a SYNC on the compute unit takes the store's token and gives one to the load."""
+    rng = np.random.default_rng(0)
+    fm = FloatMLP((FloatLayer(rng.normal(size=(20, 16)), np.zeros(16)),
+                   FloatLayer(rng.normal(size=(16, 5)), np.zeros(5), relu=False)))
+    q = quantize_mlp(fm, rng.uniform(0, 1, (50, 20)), weight_bits=8)
+    prog = compile_mlp(q, preset("16x16"), batch=3)
+    _check_program(prog)
+    ops = [(i.opcode, i.get("unit"), i.get("target"), i.pop_prev, i.pop_next, i.push_prev,
+            i.push_next) for i in prog.instrs]
+    store = ops.index((Opcode.STORE, 0, 0, 1, 0, 1, 0))           # pops C, pushes to C
+    assert ops[store + 1] == (Opcode.SYNC, 1, 0, 0, 1, 1, 0)       # takes S, gives L
+    assert ops[store + 2][:5] == (Opcode.LOAD, 0, LoadTarget.ACT, 0, 1)   # takes it
+    assert sum(op[0] == Opcode.SYNC for op in ops) == 1
+
+
 def test_token_pass_is_checked_by_its_verifier(monkeypatch):
     """A token pass that drops a flag is caught right after the pass."""
     real = passes.assign_tokens
