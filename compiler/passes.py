@@ -8,21 +8,23 @@ Pipeline (:func:`lowbit.compiler.compile_graph`)::
 Schedule (one linear layer ``(M x K) @ (K x N)``, R x C array, ``R = C``)
 ----------------------------------------------------------------------------
 The batch is padded to ``Mp`` (whole bus beats) and cut into M tiles of ``mt`` rows
-(``mt`` <= half the accumulator memory, chosen by a small cost model); K and N are cut into
-blocks of ``R`` / ``C``. The loop nest is ::
+(``mt`` <= half the accumulator memory, chosen per layer by a small cost model of the
+hardware timing: big tiles amortise the tile switch and reloads, small ones shorten the
+pipeline fill); K and N are cut into blocks of ``R`` / ``C``. The loop nest is ::
 
-    for each M tile m:                      accumulator buffer alternates per output tile
-        for each N block n:
+    for each M tile m:
+        for each N block n:                 output tile (m, n): next accumulator buffer
             for each K block k:   COMPUTE  acc[buf] (+)= act[m, k] @ W[k, n]
-            STORE  requantize(acc[buf]) -> out[m, n]
+            STORE  requantize(acc[buf], params[n]) -> out[m, n]
 
 * **Activations**: the activation scratchpad is a ring of slots of ``mt`` lines; one slot
   holds one K block of one M tile. If all ``kb`` blocks of an M tile fit
-  (``act_resident``), they are loaded once per M tile and reused by every N block (the
-  next M tile's blocks go to the next slots, so they can load while the current tile
-  computes); otherwise (K too large for the scratchpad) blocks are streamed again for
-  every N block through the ring. A LOAD moves ``act_group`` consecutive blocks (rows of
-  the 2-D transfer = blocks, stride = one block of the blocked DRAM layout).
+  (``act_resident``), they are loaded once per M tile and stay resident while every N
+  block is computed; when two M tiles fit, the next tile's blocks load into the other
+  slots while the current tile computes, spread over its computes. Otherwise (K too large
+  for the scratchpad) blocks are streamed through the ring again for every N block. A
+  LOAD moves ``act_group`` consecutive blocks (rows of the 2-D transfer = blocks, stride
+  = one block of the blocked DRAM layout).
 * **Weights**: tiles are stored in DRAM in exactly the order they are consumed (n-major,
   then k), packed, ``weight_group`` tiles per LOAD into a ring of ``weight_slots`` slots,
   so loads run ahead of the computes by up to ``weight_slots - 1`` groups (prefetch while
@@ -33,15 +35,20 @@ blocks of ``R`` / ``C``. The loop nest is ::
   of a tile overlaps the COMPUTEs of the next ones: two buffers, more when a tile computes
   faster than the previous one drains (result latency plus STORE).
 * **Parameters**: one line per N block; a ring of two slots of ``param_group`` lines,
-  loaded once per layer when they fit.
+  loaded once per layer when they fit (else per M tile, a slot at a time).
 
 Program order interleaves the three streams: before the COMPUTE with index ``c`` come the
 loads needed by computes up to ``c + LOOKAHEAD`` (in the load unit's order), provided the
 instructions that still use the old contents of their destination are already in the
 program; a STORE follows the last COMPUTE of its tile. Loads that read what the previous
 layer stored are placed only when due (not ahead across the layer boundary). The token
-pass then adds the pushes/pops (and a few SYNCs) that make this order race free; the
-queues (``queue_depth``) then let every unit run ahead of the others.
+pass then adds the pushes/pops that make this order race free (a SYNC on the compute unit
+forwards a STORE -> LOAD dependency through DRAM at a layer boundary); the queues
+(``queue_depth``) let every unit run ahead of the others within those dependencies.
+
+On the ``16x16`` preset a 256 x 256 x 256 GEMM runs at about 98 % of the ideal
+``M*K*N / (R*C)`` cycles in the cycle simulator (M tiles of 64 rows, 8 weight tiles per
+LOAD, ~1300 instructions).
 """
 
 from __future__ import annotations
