@@ -84,9 +84,18 @@ def _check_program(prog: Program):
     try:
         from lowbit.sim.cycle import simulate_timing
     except ImportError:      # pragma: no cover - the cycle simulator is another module
-        return
+        return None
     _, counters = simulate_timing(prog, mem_latency=20)   # raises on a token deadlock
     assert "unbalanced_tokens" not in counters
+    return counters
+
+
+def _same_counters(ref: dict, sim: dict | None):
+    """Counters both executors report must agree (``lowbit.executors`` contract)."""
+    if sim is not None:
+        shared = set(ref) & set(sim)
+        assert {"instrs", "macs", "dram_read_bytes", "dram_write_bytes"} <= shared
+        assert {k: ref[k] for k in shared} == {k: sim[k] for k in shared}
 
 
 @pytest.mark.parametrize("name,m,k,n,seed", GEMM_CASES)
@@ -102,13 +111,17 @@ def test_gemm_matches_numpy(name, m, k, n, seed):
     prog = compile_gemm(cfg, a_shape=(m, k), weights=w, bias=bias, mult=mult, shift=shift,
                         relu=relu, act_unsigned=act_unsigned, out_bits=out_bits,
                         out_unsigned=out_unsigned)
-    _check_program(prog)
+    sim = _check_program(prog)
     x = rng.integers(0, 256, (m, k)) if act_unsigned else rng.integers(-128, 128, (m, k))
-    got = run_reference(prog, {"x": x}).outputs["y"]
+    res = run_reference(prog, {"x": x})
+    _same_counters(res.counters, sim)
+    got = res.outputs["y"]
     want = requantize(wrap(x @ w, cfg.acc_bits), bias, mult, shift, relu=relu,
                       out_bits=out_bits, out_unsigned=out_unsigned)
     assert got.shape == (m, n)
     assert np.array_equal(got, want)
+    assert res.counters["macs"] == sum(i.rows for i in prog.instrs
+                                       if i.opcode == Opcode.COMPUTE) * cfg.pes
     lt = prog.meta["layers"][0]
     if name == "smallact" and k > 64:
         assert not lt["act_resident"]          # K larger than the scratchpad: streamed
