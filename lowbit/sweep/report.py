@@ -195,6 +195,7 @@ def _plot(path, rows, front: str) -> bool:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter
 
     n = len(groups)
     cols = min(n, 3)
@@ -208,13 +209,17 @@ def _plot(path, rows, front: str) -> bool:
         ax.scatter([r[xf] for r in ok], [r[yf] for r in ok], s=14, color="0.7",
                    label="points")
         ax.plot([r[xf] for r in on], [r[yf] for r in on], "o-", color="C3", ms=5,
-                drawstyle="steps-post" if front == "lut" else "steps-pre",
-                label="Pareto front")
+                drawstyle="steps-post", label="Pareto front")
         ax.set_xlabel(labels[xf])
         ax.set_ylabel(labels[yf])
         ax.set_title(f"{wl}" + (f" on {board}" if board else ""), fontsize=10)
-        if front == "lut":
+        if front == "lut":          # sizes and latencies span decades
+            ax.set_xscale("log")
             ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False,
+                                                      minor_thresholds=(1.5, 0.5)))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[n:]:
@@ -228,8 +233,13 @@ def _plot(path, rows, front: str) -> bool:
     return True
 
 
-def _fmt_params(params: dict) -> str:
-    return " ".join(f"{k}={_round(v)}" for k, v in params.items())
+def _fmt_params(params: list[dict]) -> str:
+    """``k=v`` per parameter; ``k=v1|v2`` where the grouped points differ."""
+    out = []
+    for k in params[0]:
+        values = list(dict.fromkeys(_round(p[k]) for p in params))
+        out.append(f"{k}={'|'.join(map(str, values))}")
+    return " ".join(out)
 
 
 def summary_text(spec, rows, *, stats: dict | None = None) -> str:
@@ -247,16 +257,17 @@ def summary_text(spec, rows, *, stats: dict | None = None) -> str:
                  f"latency at {clock}")
     for (wl, board), group in _groups(rows).items():
         members = [r for r in group if r["pareto_lut"] or r["pareto_accuracy"]]
-        members.sort(key=lambda r: (r["latency_us"], r["lut"] if r["lut"] is not None else 0))
         title = f"{wl}" + (f" on {board}" if board else "")
         if not members:
+            lines.append("")
             lines.append(f"{title}: no ok points")
             continue
         has_acc = any(r["accuracy"] is not None for r in members)
         headers = ["front", "latency us", "cycles", "PE util", "LUTs", "BRAM"] \
             + (["accuracy"] if has_acc else []) + ["params"]
         table = []
-        for r in members[:SUMMARY_ROWS]:
+        for same in _equal_runs(members):
+            r = same[0]
             mark = ("L" if r["pareto_lut"] else "") + ("A" if r["pareto_accuracy"] else "")
             table.append([mark, f"{r['latency_us']:.2f}", str(r["cycles"]),
                           f"{100 * r['pe_utilization']:.1f}%",
@@ -264,15 +275,35 @@ def summary_text(spec, rows, *, stats: dict | None = None) -> str:
                           "-" if r["bram"] is None else str(r["bram"])]
                          + ([("-" if r["accuracy"] is None else f"{r['accuracy']:.4f}")]
                             if has_acc else [])
-                         + [_fmt_params(r["params"]) or r["config"]])
+                         + [_fmt_params([m["params"] for m in same]) or r["config"]])
         lines.append("")
-        lines.append(f"{title} ({len(members)} on a front of "
-                     f"{sum(r['status'] == 'ok' for r in group)} ok points)")
-        lines.append(format_table(headers, table, align="<>>>>>" + (">" if has_acc else "")
-                                  + "<"))
-        if len(members) > SUMMARY_ROWS:
-            lines.append(f"  ... {len(members) - SUMMARY_ROWS} more in points.csv")
+        lines.append(f"{title}: {len(members)} of {sum(r['status'] == 'ok' for r in group)} "
+                     f"ok points on a front")
+        lines.append(format_table(headers, table[:SUMMARY_ROWS],
+                                  align="<>>>>>" + (">" if has_acc else "") + "<"))
+        if len(table) > SUMMARY_ROWS:
+            lines.append(f"  ... {len(table) - SUMMARY_ROWS} more rows in points.csv")
     return "\n".join(lines) + "\n"
+
+
+def _objectives(r) -> tuple:
+    return (r["pareto_lut"], r["pareto_accuracy"], r["latency_us"], r["cycles"], r["lut"],
+            r["bram"], r["accuracy"])
+
+
+def _equal_runs(members: list[dict]) -> list[list[dict]]:
+    """Front members by latency, points with equal numbers (e.g. differing only in a
+    parameter the hardware ignores) grouped together."""
+    def key(r):
+        return (r["latency_us"], r["lut"] if r["lut"] is not None else 0,
+                -(r["accuracy"] or 0.0), r["cycles"])
+    runs: list[list[dict]] = []
+    for r in sorted(members, key=key):
+        if runs and _objectives(runs[-1][0]) == _objectives(r):
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
 
 
 def write_outputs(out_dir, spec, rows) -> list[str]:
