@@ -429,3 +429,55 @@ def test_gemm_256_on_16x16_reaches_80_percent_of_ideal():
                if i.opcode == Opcode.LOAD and i.target == LoadTarget.WEIGHT) > 1
     assert prog.meta["layers"][0]["mt"] >= 64
     assert padded_rows(cfg, 256) == 256
+
+
+# -- pass verifiers ---------------------------------------------------------------------------
+
+
+def test_pass_verifiers_reject_corrupted_ir():
+    from lowbit.compiler import ir as irmod
+
+    cfg = CONFIGS["tiny"]
+    w = _weights(cfg, np.random.default_rng(0), 9, 6)
+    graph = irmod.GraphIR(
+        config=cfg, tensors=(irmod.TensorSpec("x", 5, 9, True, 8, 1.0, "input"),
+                             irmod.TensorSpec("y", 5, 6, True, 8, 1.0, "output")),
+        layers=(irmod.LinearSpec("gemm", "x", "y", w, np.zeros(6, np.int64),
+                                 np.ones(6, np.int64), np.zeros(6, np.int64), False, 8,
+                                 False, False),),
+        inputs=("x",), outputs=("y",))
+    passes.verify_graph(graph)
+    bad_graph = replace(graph, layers=(replace(graph.layers[0], weight=w[:8]),))
+    with pytest.raises(CompileError, match=re.escape(
+            "gemm: weight shape (8, 6) does not match x [5, 9] -> y [5, 6]")):
+        passes.verify_graph(bad_graph)
+
+    tiled = passes.plan_tiles(graph)
+    passes.verify_tiling(tiled)
+    lt = tiled.tilings[0]
+    bad = replace(tiled, tilings=(replace(lt, m_tiles=((0, 3),)),))
+    with pytest.raises(CompileError, match=re.escape("layer 0: M tiles cover 3 rows, not 5")):
+        passes.verify_tiling(bad)
+
+    sched = passes.schedule(tiled)
+    passes.verify_schedule(sched)
+    dropped = replace(sched, ops=tuple(op for op in sched.ops if op.opcode != Opcode.STORE))
+    with pytest.raises(CompileError, match="schedule has 0 STOREs, expected 2"):
+        passes.verify_schedule(dropped)
+    too_far = replace(sched, ops=(sched.ops[0].with_args(sp_addr=10 ** 5),) + sched.ops[1:])
+    with pytest.raises(CompileError, match=r"^schedule: instruction 0 \(LOAD\(.*\): writes "
+                                           r"beats 100000\.\."):
+        passes.verify_schedule(too_far)
+
+    tok = passes.tokens(sched)
+    passes.verify_tokens_pass(tok)
+    with pytest.raises(CompileError, match=r"^tokens: "):
+        passes.verify_tokens_pass(replace(tok, ops=sched.ops))     # flags removed
+
+    alloc = passes.allocate(tok)
+    passes.verify_allocation(alloc)
+    overlap = dict(alloc.addresses, y=alloc.addresses["x"])
+    with pytest.raises(CompileError, match="allocation: (x overlaps y|y overlaps x)"):
+        passes.verify_allocation(replace(alloc, addresses=overlap))
+    prog = passes.emit(alloc)
+    passes.verify_program(prog)
