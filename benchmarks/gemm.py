@@ -16,7 +16,10 @@ the timed RTL run, a one-tile warm-up run builds the Verilator model (or finds i
 cache) and elaborates the Verilog (``rtl_warmup_seconds``), so ``rtl_seconds`` is simulation
 plus simulator start-up. Progress goes to standard error. Exit status 1 if any RTL run disagrees.
 
-Usage: ``python benchmarks/gemm.py [--no-rtl] [--configs 8x8 16x16] [--shapes 64x256x128]``
+With ``--repeat N`` each timed run is repeated N times and the fastest kept.
+
+Usage: ``python benchmarks/gemm.py [--no-rtl] [--repeat N] [--configs 8x8 16x16]
+[--shapes 64x256x128]``
 """
 
 from __future__ import annotations
@@ -62,8 +65,13 @@ def warm_rtl(cfg, mem_latency: int) -> float:
     return time.perf_counter() - t0
 
 
+def _best(repeat: int, fn):
+    """The result of ``fn()`` with the shortest wall time of ``repeat`` runs."""
+    return min((fn() for _ in range(max(1, repeat))), key=lambda r: r.seconds)
+
+
 def bench(cfg_name: str, shape: tuple[int, int, int], *, seed: int, rtl: bool,
-          mem_latency: int) -> dict:
+          mem_latency: int, repeat: int = 1) -> dict:
     cfg = load_config(cfg_name)
     m, k, n = shape
     rng = np.random.default_rng(seed)
@@ -73,7 +81,7 @@ def bench(cfg_name: str, shape: tuple[int, int, int], *, seed: int, rtl: bool,
     t0 = time.perf_counter()
     program = compile_gemm(cfg, a_shape=(m, k), weights=w)
     compile_seconds = time.perf_counter() - t0
-    sim = run(program, {"x": x}, backend="sim", mem_latency=mem_latency)
+    sim = _best(repeat, lambda: run(program, {"x": x}, backend="sim", mem_latency=mem_latency))
     ideal = math.ceil(m * k * n / cfg.pes)
     row = {
         "config": cfg_name, "config_name": cfg.name, "shape": [m, k, n],
@@ -84,7 +92,8 @@ def bench(cfg_name: str, shape: tuple[int, int, int], *, seed: int, rtl: bool,
     }
     if rtl:
         row["rtl_warmup_seconds"] = round(warm_rtl(cfg, mem_latency), 1)
-        res = run(program, {"x": x}, backend="rtl", mem_latency=mem_latency)
+        res = _best(repeat, lambda: run(program, {"x": x}, backend="rtl",
+                                        mem_latency=mem_latency))
         row.update(rtl_seconds=round(res.seconds, 3),
                    sim_speedup=round(res.seconds / sim.seconds, 1),
                    rtl_cycles=res.cycles, cycles_match=res.cycles == sim.cycles,
@@ -100,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="MxKxN")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mem-latency", type=int, default=DEFAULT_MEM_LATENCY)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time each run this many times and keep the fastest")
     args = parser.parse_args(argv)
     ok = True
     for cfg_name in args.configs:
         for shape in args.shapes:
             log(f"gemm {'x'.join(map(str, shape))} on {cfg_name} ...")
             row = bench(cfg_name, shape, seed=args.seed, rtl=not args.no_rtl,
-                        mem_latency=args.mem_latency)
+                        mem_latency=args.mem_latency, repeat=args.repeat)
             ok &= row["cycles_match"] is not False and row.get("outputs_match") is not False
             print(json.dumps(row), flush=True)
     return 0 if ok else 1

@@ -114,7 +114,8 @@ def test_wheel_contents(installed):
     for module in ("lowbit/__init__.py", "lowbit/cli.py", "lowbit/isa.py",
                    "lowbit/hw/__init__.py", "lowbit/hw/top.py", "lowbit/compiler/__init__.py",
                    "lowbit/sim/__init__.py", "lowbit/sim/cycle.py",
-                   "lowbit/sim/cocotb/lowbit_tb.py", "lowbit/boards/__init__.py"):
+                   "lowbit/sim/cocotb/lowbit_tb.py", "lowbit/boards/__init__.py",
+                   "lowbit/sweep/__init__.py"):
         assert module in names, module
     assert not any(n.startswith(("tests/", "hw/", "sim/", "compiler/")) for n in names)
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -124,8 +125,9 @@ def test_wheel_contents(installed):
 
 def test_imports_come_from_the_wheel(installed):
     code = ("import importlib.util, lowbit, lowbit.hw, lowbit.compiler, lowbit.sim, "
-            "lowbit.boards, lowbit.hw.top, lowbit.sim.cycle\n"
-            "mods = [lowbit, lowbit.hw, lowbit.compiler, lowbit.sim, lowbit.boards]\n"
+            "lowbit.boards, lowbit.sweep, lowbit.hw.top, lowbit.sim.cycle\n"
+            "mods = [lowbit, lowbit.hw, lowbit.compiler, lowbit.sim, lowbit.boards, "
+            "lowbit.sweep]\n"
             "print('\\n'.join(m.__file__ for m in mods))\n"
             "print(importlib.util.find_spec('lowbit.sim.cocotb.lowbit_tb').origin)\n")
     out = _run([installed["py"], "-c", code], cwd=installed["work"], env=installed["env"])
