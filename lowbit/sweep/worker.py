@@ -19,6 +19,7 @@ import dataclasses
 import os
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,13 @@ def prepare_contexts(workloads) -> dict:
         if isinstance(wl, MlpWorkload):
             from lowbit.compiler import train_digits_mlp
 
-            data = train_digits_mlp(wl.hidden, wl.seed, max_iter=wl.train_iters)
+            # scikit-learn turns Ctrl-C during fit() into a warning and returns a partly
+            # trained model; results from it must not reach the store.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = train_digits_mlp(wl.hidden, wl.seed, max_iter=wl.train_iters)
+            if any("interrupted by user" in str(w.message) for w in caught):
+                raise KeyboardInterrupt
             contexts[key] = MlpContext(model=data.model, x_train=data.x_train,
                                        x_test=data.x_test, y_test=data.y_test,
                                        float_accuracy=data.accuracy)
