@@ -181,7 +181,7 @@ path = "g.lbp"
     (GEMM + GEMM, "workload[1].name 'gemm-4x4x4' is used twice; workload names must be unique"),
     ('resources = "pnr"' + GEMM, "resources = 'pnr' needs boards = [...] naming at least "
                                  "one board"),
-    ('resources = "magic"' + GEMM, "resources must be one of analytic, pnr, synth or "
+    ('resources = "magic"' + GEMM, "resources must be one of analytic, pnr or "
                                    "'package.module:function', not 'magic'"),
     ('resources = "os:nothing"' + GEMM, "resources = 'os:nothing': 'os' has no function "
                                         "'nothing'"),
@@ -492,6 +492,32 @@ path = "g.lbp"
         assert r["board"] == "icebreaker" and r["resources"] == "fake:icebreaker"
         assert r["clock_source"] == "fmax" and float(r["clock_mhz"]) == 80.0
         assert float(r["latency_us"]) == pytest.approx(want / 80.0)
+
+
+def test_pnr_resources_from_a_build_report(monkeypatch, tmp_path):
+    """The pnr model reads lowbit.boards' BuildReport: used counts, Fmax, cache folder."""
+    boards_build = pytest.importorskip("lowbit.boards.build")
+    from lowbit.boards.report import BuildReport
+    from lowbit.sweep.resources import pnr_resources
+
+    cfg = preset("tiny")
+    calls = []
+
+    def fake_build(board, config, *, out_dir):
+        calls.append((board, config, out_dir))
+        table = {name: {"used": used, "available": 1000, "unit": "u"}
+                 for name, used in (("logic", 812), ("ffs", 640), ("dsps", 4), ("bram", 6.5))}
+        return BuildReport(board=board, part="p", family="ecp5", config=config.name,
+                           config_fields=config.to_dict(), top="accel", top_description="",
+                           status="routed", resources=table, resource_source="nextpnr",
+                           target_mhz=100.0, fmax_mhz=87.25)
+
+    monkeypatch.setattr(boards_build, "build", fake_build)
+    res = pnr_resources(cfg, board="ulx3s-85f", work_dir=tmp_path)
+    assert calls == [("ulx3s-85f", cfg, tmp_path)]
+    assert (res.lut, res.ff, res.dsp, res.bram, res.fmax_mhz) == (812, 640, 4, 6.5, 87.25)
+    assert res.bram_bits == analytic_resources(cfg).bram_bits
+    assert res.source == "pnr:ulx3s-85f:nextpnr"
 
 
 def test_unknown_board_is_refused():

@@ -8,11 +8,9 @@ the same keys is accepted too). A sweep names its model with ``resources = ...``
     fixed control overhead (documented in ``docs/sweep.md``). Milliseconds per config; no
     Fmax, so latency is taken at the config's target clock.
 ``"pnr"``
-    Synthesis, place and route of the board target through ``lowbit.boards.build``;
-    latency is taken at the achieved Fmax. Needs ``boards``.
-``"synth"``
-    A quick synthesis estimate through ``lowbit.boards`` when it provides one. Needs
-    ``boards``.
+    Synthesis, place and route of the board target through ``lowbit.boards.build``
+    (iCE40, ECP5; for Xilinx boards a yosys estimate without Fmax); latency is taken at the
+    achieved Fmax. Counts are in the board's units. Needs ``boards``.
 ``"package.module:function"``
     Any importable function with the signature above. It is imported by name in each worker
     process (so it works with process pools and Dask clusters alike).
@@ -21,7 +19,6 @@ the same keys is accepted too). A sweep names its model with ``resources = ...``
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +35,9 @@ __all__ = [
     "check_resource_model",
     "known_boards",
     "memories",
+    "pnr_resources",
     "resolve_resource_model",
+    "resources_from_report",
 ]
 
 
@@ -50,7 +49,7 @@ class Resources:
     lut: int | None = None
     ff: int | None = None
     dsp: int | None = None
-    bram: int | None = None
+    bram: int | float | None = None
     bram_bits: int | None = None
     fmax_mhz: float | None = None
     source: str = ""
@@ -134,97 +133,52 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
                      fmax_mhz=None, source="analytic")
 
 
-# -- lowbit.boards adapters -----------------------------------------------------------------
-
-def _boards_build():
-    try:
-        from lowbit.boards import build as build_module
-    except ImportError:
-        return None
-    return getattr(build_module, "build", None)
-
+# -- lowbit.boards ---------------------------------------------------------------------------
 
 def known_boards() -> set[str] | None:
-    """Board names ``lowbit.boards`` knows, or ``None`` if it does not list them."""
-    for module in ("lowbit.boards.targets", "lowbit.boards"):
-        try:
-            table = getattr(importlib.import_module(module), "BOARDS", None)
-        except ImportError:
-            continue
-        if isinstance(table, dict) and table:
-            return set(table)
-    return None
+    """Board names ``lowbit.boards`` knows, or ``None`` if this lowbit has no board list."""
+    try:
+        table = importlib.import_module("lowbit.boards.targets").BOARDS
+    except (ImportError, AttributeError):
+        return None
+    return set(table) if isinstance(table, dict) and table else None
 
 
-def _pick(report, *names):
-    for name in names:
-        if isinstance(report, dict):
-            for key in (name, name.upper()):
-                if key in report and report[key] is not None:
-                    return report[key]
-        else:
-            for key in (name, name.upper()):
-                value = getattr(report, key, None)
-                if value is not None and not callable(value):
-                    return value
-    return None
+def resources_from_report(report, *, cfg: AccelConfig) -> Resources:
+    """A :class:`Resources` from a ``lowbit.boards`` :class:`BuildReport`: used logic cells
+    (the board's unit: LC, LUT4 or LUT6), FFs, DSPs and block RAMs (the board's blocks), the
+    post-route Fmax (``None`` when the flow does not route, e.g. Xilinx estimates), and
+    ``bram_bits`` from the config's memories."""
+    def used(name):
+        entry = report.resources.get(name)
+        if entry is None or entry.get("used") is None:
+            return None
+        value = entry["used"]
+        return int(value) if float(value).is_integer() else float(value)
 
-
-def resources_from_report(report, *, source: str) -> Resources:
-    """A :class:`Resources` from a ``lowbit.boards`` build report (a dict or an object with
-    LUT/FF/DSP/BRAM counts and Fmax under the usual names)."""
-    if hasattr(report, "to_dict") and callable(report.to_dict):
-        report = report.to_dict()
-    nested = _pick(report, "resources", "utilization")
-    src = nested if nested is not None else report
-
-    def count(*names):
-        value = _pick(src, *names)
-        if isinstance(value, dict):       # {"used": n, "available": m}
-            value = value.get("used")
-        return None if value is None else int(value)
-
-    fmax = _pick(report, "fmax_mhz", "fmax", "max_freq_mhz")
-    return Resources(lut=count("lut", "luts", "lut4", "lc", "luts_used"),
-                     ff=count("ff", "ffs", "dff", "registers"),
-                     dsp=count("dsp", "dsps", "mult18", "mult"),
-                     bram=count("bram", "brams", "ebr", "bram18"),
-                     bram_bits=count("bram_bits"),
-                     fmax_mhz=None if fmax is None else float(fmax), source=source)
+    bram_bits = sum(copies * w * d for w, d, copies in memories(cfg).values())
+    return Resources(lut=used("logic"), ff=used("ffs"), dsp=used("dsps"), bram=used("bram"),
+                     bram_bits=bram_bits, fmax_mhz=report.fmax_mhz,
+                     source=f"pnr:{report.board}:{report.resource_source}")
 
 
 def pnr_resources(cfg: AccelConfig, *, board: str | None, work_dir: Path) -> Resources:
-    """Synthesis, place and route of ``cfg`` on ``board`` through ``lowbit.boards.build``."""
-    build = _boards_build()
-    if build is None:
-        raise RuntimeError("resources = 'pnr' needs lowbit.boards.build.build, which this "
-                           "lowbit does not have")
-    report = build(board, cfg, out_dir=Path(work_dir))
-    return resources_from_report(report, source=f"pnr:{board}")
-
-
-def synth_resources(cfg: AccelConfig, *, board: str | None, work_dir: Path) -> Resources:
-    """A synthesis-only estimate through ``lowbit.boards`` (no place and route)."""
-    build = _boards_build()
-    if build is None:
-        raise RuntimeError("resources = 'synth' needs lowbit.boards.build, which this lowbit "
-                           "does not have")
-    params = inspect.signature(build).parameters
-    for name, value in (("pnr", False), ("synth_only", True), ("stage", "synth")):
-        if name in params:
-            report = build(board, cfg, out_dir=Path(work_dir), **{name: value})
-            res = resources_from_report(report, source=f"synth:{board}")
-            return Resources(**{**res.to_dict(), "fmax_mhz": None})
-    raise RuntimeError("resources = 'synth' needs lowbit.boards.build to offer a "
-                       "synthesis-only build")
+    """Synthesis, place and route of ``cfg`` on ``board`` with ``lowbit.boards.build``
+    (cached by the build flow in ``work_dir/<board>/<config name>/``). A design that does
+    not fit raises its ``BuildError``."""
+    try:
+        build = importlib.import_module("lowbit.boards.build").build
+    except (ImportError, AttributeError):
+        raise RuntimeError("resources = 'pnr' needs lowbit.boards.build, which this lowbit "
+                           "does not have") from None
+    return resources_from_report(build(board, cfg, out_dir=Path(work_dir)), cfg=cfg)
 
 
 BUILTIN_MODELS: dict[str, ResourceModel] = {
     "analytic": analytic_resources,
     "pnr": pnr_resources,
-    "synth": synth_resources,
 }
-_NEEDS_BOARD = ("pnr", "synth")
+_NEEDS_BOARD = ("pnr",)
 
 
 def resolve_resource_model(name: str) -> ResourceModel:

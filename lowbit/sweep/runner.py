@@ -171,7 +171,7 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
                 tasks.append(DesignTask(
                     config=d["config"], board=d["board"], resources=spec.resources,
                     resources_cached=resources.get(dk), points=tuple(d["points"]),
-                    mem_latency=spec.mem_latency, work_dir=str(out_dir / "builds" / dk[:16])))
+                    mem_latency=spec.mem_latency, work_dir=str(out_dir / "builds")))
                 task_designs.append(dk)
         missing = sum(len(t.points) for t in tasks)
         stats = {"points": len(points), "invalid": len(points) - len(valid),
