@@ -49,8 +49,8 @@ from .estimate import (
     usage_from_stat,
 )
 from .report import REPORT_VERSION, BuildError, BuildReport
-from .targets import Board, get_board
-from .wrapper import TOPS, make_top
+from .targets import DSP_CHOICES, TOPS, Board, get_board
+from .wrapper import make_top
 
 __all__ = ["BuildError", "BuildReport", "build", "build_dir_for", "tool_path"]
 
@@ -64,7 +64,6 @@ TOOLS = {
     "icepack": ("ICEPACK", "yowasp-icepack"),
     "ecppack": ("ECPPACK", "yowasp-ecppack"),
 }
-DSP_CHOICES = ("auto", "on", "off")
 
 
 # -- tools ----------------------------------------------------------------------------------

@@ -72,8 +72,7 @@ def _seed(text: str) -> int:
 
 def register_cli(subparsers) -> None:
     """Add the ``boards`` and ``build`` subcommands to ``lowbit``'s subparsers."""
-    from .build import DSP_CHOICES
-    from .wrapper import TOPS
+    from .targets import DSP_CHOICES, TOPS
 
     p = subparsers.add_parser("boards", help="list the FPGA board targets")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -23,8 +23,13 @@ from dataclasses import dataclass, field
 
 from lowbit.report import format_table
 
-__all__ = ["BOARDS", "Board", "BoardError", "Resources", "get_board", "list_boards",
-           "render_table"]
+__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BoardError", "Resources", "get_board",
+           "list_boards", "render_table"]
+
+#: What a build synthesizes (see :mod:`lowbit.boards.wrapper`).
+TOPS = ("accel", "array", "board")
+#: Whether multipliers go to DSP blocks (see :func:`lowbit.boards.build`).
+DSP_CHOICES = ("auto", "on", "off")
 
 
 class BoardError(ValueError):

@@ -26,10 +26,10 @@ from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetS
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
+from .targets import TOPS
+
 __all__ = ["TOPS", "BoardWrapper", "ScanWrapper", "make_top"]
 
-#: Build tops, in the order the CLI lists them.
-TOPS = ("accel", "array", "board")
 
 #: Length of the power-on reset pulse of the scan wrapper.
 _POR_CYCLES = 4

@@ -10,6 +10,7 @@ Subcommands::
     lowbit run PROG [--backend reference|sim|rtl] [--input x.npy] [--output y.npy] [--waves]
     lowbit cosim PROG [--input x.npy]
     lowbit sweep SPEC [--out DIR] [--scheduler ADDR] [--workers N]   (see lowbit.sweep.cli)
+    lowbit boards [--json] | lowbit build --board NAME [--config CFG] ...  (lowbit.boards.cli)
 
 ``CFG`` is a preset name (``lowbit config --list``) or a ``.json``/``.toml`` file. Errors in
 what the user gave (a bad config, program, instruction, value or path) print one line
@@ -362,12 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.set_defaults(func=cmd_cosim)
 
-    try:  # ``lowbit sweep`` lives with the sweep package, which adds its own subcommand.
-        from .sweep.cli import register_cli
-    except ImportError:  # pragma: no cover - the sweep package or a dependency is missing
-        pass
-    else:
-        register_cli(sub)
+    # Subcommands that live with their packages: ``sweep`` (lowbit.sweep.cli) and
+    # ``boards``/``build`` (lowbit.boards.cli). Each module's ``register_cli(subparsers)``
+    # adds its own; a package that cannot be imported just leaves its commands out.
+    import importlib
+
+    for module in ("lowbit.sweep.cli", "lowbit.boards.cli"):
+        try:
+            register = importlib.import_module(module).register_cli
+        except ImportError:  # pragma: no cover - package or optional dependency missing
+            continue
+        register(sub)
     return parser
 
 
