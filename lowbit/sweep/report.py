@@ -255,9 +255,10 @@ def summary_text(spec, rows, *, stats: dict | None = None) -> str:
         else "the target clock"
     lines.append(f"Pareto fronts per workload (L: latency vs LUTs, A: latency vs accuracy); "
                  f"latency at {clock}")
+    described = {w.name: w.describe() for w in spec.workloads}
     for (wl, board), group in _groups(rows).items():
         members = [r for r in group if r["pareto_lut"] or r["pareto_accuracy"]]
-        title = f"{wl}" + (f" on {board}" if board else "")
+        title = f"{wl} ({described[wl]})" + (f" on {board}" if board else "")
         if not members:
             lines.append("")
             lines.append(f"{title}: no ok points")

@@ -176,12 +176,12 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
         missing = sum(len(t.points) for t in tasks)
         stats = {"points": len(points), "invalid": len(points) - len(valid),
                  "cached": len(valid) - missing, "computed": 0, "crashed": 0}
-        where = (f"Dask scheduler {scheduler}" if scheduler
-                 else "this process" if workers == 1 or len(tasks) <= 1
-                 else f"{min(workers, len(tasks))} local processes")
+        where = ("" if not tasks else f" on Dask scheduler {scheduler}" if scheduler
+                 else " in this process" if workers == 1 or len(tasks) <= 1
+                 else f" on {min(workers, len(tasks))} local processes")
         log(f"lowbit sweep {spec.source}: {len(points)} points ({spec.n_configs} configs x "
             f"{len(spec.workloads)} workloads x {len(spec.boards)} boards), "
-            f"{stats['invalid']} invalid, {stats['cached']} cached, {missing} to compute on "
+            f"{stats['invalid']} invalid, {stats['cached']} cached, {missing} to compute"
             f"{where}")
 
         client = _connect(scheduler) if scheduler and tasks else None
@@ -214,7 +214,7 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
                     dk = task_designs[i]
                     keep = [(k, r) for k, r in result.points if r["status"] != "crash"]
                     for k, r in result.points:
-                        failed += r["status"] != "ok"
+                        failed += r["status"] != "ok" or result.resources is None
                         if r["status"] == "crash":
                             crashes[k] = r
                         results[k] = r

@@ -64,7 +64,7 @@ def _is_num(value) -> bool:
 
 
 def _canon(value):
-    """A JSON-stable form: tuples to lists, integral floats of config fields left as given."""
+    """A JSON-stable form (tuples become lists)."""
     if isinstance(value, (list, tuple)):
         return [_canon(v) for v in value]
     if isinstance(value, dict):
@@ -107,8 +107,7 @@ class MlpWorkload:
 
     def describe(self) -> str:
         bits = "" if self.act_bits is None else f", act_bits {self.act_bits}"
-        return (f"digits MLP 64-{'-'.join(map(str, self.hidden))}-10, batch {self.batch}"
-                f"{bits}")
+        return f"digits MLP 64-{'-'.join(map(str, self.hidden))}-10, batch {self.batch}{bits}"
 
 
 @dataclass(frozen=True)
@@ -195,9 +194,6 @@ class Point:
     @property
     def valid(self) -> bool:
         return self.error is None
-
-    def accel_config(self) -> AccelConfig:
-        return AccelConfig.from_dict(self.config)
 
 
 def point_key(config: dict, workload: Workload, board: str | None, *, resources: str,
