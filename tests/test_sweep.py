@@ -536,3 +536,99 @@ def test_spec_file_base_relative_to_spec(tmp_path):
     (tmp_path / "cfg" / "mine.toml").write_text(preset("tiny").replace(bus_bits=64).to_toml())
     spec = load_spec(write_spec(tmp_path, 'base = "cfg/mine.toml"' + GEMM, "s.toml"))
     assert spec.base == AccelConfig.from_toml(preset("tiny").replace(bus_bits=64).to_toml())
+
+
+# -- failures, caching across specs, progress -------------------------------------------------
+
+GEMM_SPEC = """
+base = "tiny"
+resources = "{resources}"
+[vary]
+weight_bits = {bits}
+[[workload]]
+kind = "gemm"
+shape = [8, 16, 8]
+"""
+
+
+def failing_resources(cfg, *, board, work_dir):
+    raise ValueError(f"no room for weight_bits={cfg.weight_bits}")
+
+
+def test_crash_is_reported_not_stored_and_retried(tmp_path, capsys, monkeypatch):
+    import lowbit.sweep.worker as worker
+
+    spec = write_spec(tmp_path, GEMM_SPEC.format(resources="analytic", bits="[2, 4]"))
+    real = worker._run_gemm
+
+    def flaky(cfg, wl, mem_latency):
+        if cfg.weight_bits == 4:
+            raise RuntimeError("simulated bug")
+        return real(cfg, wl, mem_latency)
+
+    monkeypatch.setattr(worker, "_run_gemm", flaky)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "lowbit: 1 points crashed (not stored; rerun to retry)" in out
+    assert "RuntimeError: simulated bug" in out
+    rows = read_csv(tmp_path / "out" / "points.csv")
+    assert [r["status"] for r in rows] == ["ok", "crash"]
+    with Store(tmp_path / "out" / STORE_NAME) as store:
+        assert store.count() == 1
+    monkeypatch.setattr(worker, "_run_gemm", real)
+    result = run_sweep(spec, tmp_path / "out", workers=1, progress=False, log=lambda s: None)
+    assert (result.stats["cached"], result.stats["computed"]) == (1, 1)
+    assert [r["status"] for r in result.rows] == ["ok", "ok"]
+
+
+def test_failed_resources_make_errors_and_are_retried(tmp_path):
+    spec = write_spec(tmp_path, GEMM_SPEC.format(resources=f"{__name__}:failing_resources",
+                                                 bits="[2]"))
+    result = run_sweep(spec, tmp_path / "out", workers=1, progress=False, log=lambda s: None)
+    (row,) = result.rows
+    assert row["status"] == "error" and row["cycles"] > 0 and row["lut"] is None
+    assert row["error"] == ("resources (test_sweep:failing_resources): ValueError: no room for "
+                            "weight_bits=2")
+    with Store(tmp_path / "out" / STORE_NAME) as store:
+        assert (store.count("points"), store.count("resources")) == (1, 0)
+    again = run_sweep(spec, tmp_path / "out", workers=1, progress=False, log=lambda s: None)
+    assert again.stats["computed"] == 0 and again.rows[0]["error"] == row["error"]
+
+
+def test_widening_an_axis_reuses_stored_points(tmp_path):
+    out = tmp_path / "out"
+    narrow = write_spec(tmp_path, GEMM_SPEC.format(resources="analytic", bits="[2, 4]"), "a.toml")
+    wide = write_spec(tmp_path, GEMM_SPEC.format(resources="analytic", bits="[2, 3, 4, 8]"),
+                      "b.toml")
+    first = run_sweep(narrow, out, workers=1, progress=False, log=lambda s: None)
+    second = run_sweep(wide, out, workers=1, progress=False, log=lambda s: None)
+    assert (second.stats["cached"], second.stats["computed"]) == (2, 2)
+    by_bits = {r["params"]["weight_bits"]: r for r in second.rows}
+    for r in first.rows:
+        assert by_bits[r["params"]["weight_bits"]]["cycles"] == r["cycles"]
+
+
+def test_progress_bar():
+    import io
+
+    from lowbit.sweep import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = Progress(4, stream=tty, width=8)
+    for done in range(5):
+        bar.update(done, cached=1, invalid=0, failed=0)
+    bar.close()
+    text = tty.getvalue()
+    assert text.count("\r") == 5 and text.endswith("\n")
+    assert "\rsweep [########] 4/4 points (1 cached, 0 invalid, 0 failed) 00:00\n" in text
+    log = io.StringIO()
+    bar = Progress(100, stream=log, width=10)
+    for done in range(101):
+        bar.update(done, cached=0, invalid=0, failed=0)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("sweep [##########] 100/100 points")
