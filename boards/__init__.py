@@ -10,18 +10,21 @@
 See ``docs/boards.md``.
 """
 
-import importlib
+from .build import build, build_dir_for
+from .report import BuildError, BuildReport
+from .targets import (
+    BOARDS,
+    DSP_CHOICES,
+    TOPS,
+    Board,
+    BoardError,
+    Resources,
+    get_board,
+    list_boards,
+    render_table,
+)
 
+# Nothing here imports Amaranth (the build imports it when it runs), so ``lowbit --help``
+# stays fast.
 __all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BoardError", "BuildError", "BuildReport",
            "Resources", "build", "build_dir_for", "get_board", "list_boards", "render_table"]
-
-# Imported on first use, so that ``lowbit --help`` does not import Amaranth.
-_WHERE = {"build": "build", "build_dir_for": "build", "BuildError": "report",
-          "BuildReport": "report"}
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        module = importlib.import_module(f".{_WHERE.get(name, 'targets')}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

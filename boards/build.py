@@ -50,7 +50,6 @@ from .estimate import (
 )
 from .report import REPORT_VERSION, BuildError, BuildReport
 from .targets import DSP_CHOICES, TOPS, Board, get_board
-from .wrapper import make_top
 
 __all__ = ["BuildError", "BuildReport", "build", "build_dir_for", "tool_path"]
 
@@ -315,6 +314,8 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
         raise err
 
     # 2. The build plan: Verilog/RTLIL, constraints and scripts.
+    from .wrapper import make_top
+
     elab, report.top_description = make_top(top, cfg, board_clock_hz=board.clock_mhz * 1e6)
     platform = _platform(board, None if top == "board" else cfg.clock_mhz)
     use_dsp = dsp == "on" or (dsp == "auto" and _dsp_demand(cfg, top) <= board.resources.dsps)
@@ -356,6 +357,8 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, use_dsp, 
         say(f"{board.name}: {synth.dsps} {board.resources.dsp_unit} > "
             f"{board.resources.dsps}: synthesizing again with LUT multipliers")
         use_dsp = False
+        from .wrapper import make_top
+
         elab, _ = make_top(top, cfg, board_clock_hz=board.clock_mhz * 1e6)
         synth = _synthesize(board, lambda: _platform(board, clock), elab, bdir, False, timeout,
                             say)

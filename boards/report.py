@@ -75,7 +75,13 @@ class BuildReport:
         return dumps_json(self.to_dict(), digits=3)
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(path, self.to_json())
+        """Write ``report.json`` atomically; this report then holds exactly what was written
+        (floats rounded), so it equals the report a later cached build loads."""
+        text = self.to_json()
+        written = atomic_write(path, text)
+        for key, value in json.loads(text).items():
+            setattr(self, key, value)
+        return written
 
     @classmethod
     def from_dict(cls, data: dict) -> BuildReport:

@@ -23,7 +23,8 @@ Three choices (``build(..., top=...)``):
 from __future__ import annotations
 
 from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
-from amaranth.lib import wiring
+from amaranth.build import ResourceError
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In
 
 from .targets import TOPS
@@ -80,7 +81,9 @@ class ScanWrapper(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk = platform.request(platform.default_clk, 0).i
+        m.submodules.clk_buf = clk_buf = io.Buffer(
+            "i", platform.request(platform.default_clk, 0, dir="-"))
+        clk = clk_buf.i
         m.domains.por = ClockDomain(reset_less=True)
         m.domains.sync = ClockDomain()
         por = Signal(_POR_CYCLES, init=(1 << _POR_CYCLES) - 1)
@@ -91,13 +94,13 @@ class ScanWrapper(Elaboratable):
         ins, outs = [], []
         for _path, member, value in inner.signature.flatten(inner):
             (ins if member.flow == In else outs).append(value)
-        scan_in = platform.request("button", 0).i
-        led = platform.request("led", 0).o
+        m.submodules.scan_in = scan_in = io.Buffer("i", platform.request("button", 0, dir="-"))
+        m.submodules.scan_out = scan_out = io.Buffer("o", platform.request("led", 0, dir="-"))
         chain = Signal(max(1, self.in_bits), name="scan_chain")
-        m.d.sync += chain.eq(Cat(scan_in, chain[:-1]))
+        m.d.sync += chain.eq(Cat(scan_in.i, chain[:-1]))
         if ins:
             m.d.comb += Cat(*ins).eq(chain)
-        m.d.comb += led.eq(_xor_tree(m, [b for v in outs for b in v]))
+        m.d.comb += scan_out.o.eq(_xor_tree(m, [b for v in outs for b in v]))
         return m
 
 
@@ -110,13 +113,16 @@ class BoardWrapper(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.board = top = self.inner
-        uart = platform.request("uart", 0)
-        m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
+        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.uart_rx.eq(rx.i), tx.o.eq(top.uart_tx)]
         for k in range(len(top.leds)):
             try:
-                led = platform.request("led", k)
-            except Exception:  # noqa: BLE001 - fewer LEDs than flags: drop the rest
+                port = platform.request("led", k, dir="-")
+            except ResourceError:  # fewer LEDs than flags: drop the rest
                 break
+            m.submodules[f"led{k}"] = led = io.Buffer("o", port)
             m.d.comb += led.o.eq(top.leds[k])
         return m
 
