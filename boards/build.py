@@ -127,16 +127,16 @@ def _platform(board: Board, clock_mhz: float | None):
 
 
 def _source_digest() -> str:
-    """A hash of the generator's sources (hardware, boards, config, ISA): a build is only
-    reused while the code that produced it is unchanged."""
+    """A hash of the sources that shape the netlist (the hardware generator, config, ISA, and
+    this flow): a build is only reused while they are unchanged."""
     import lowbit
-    import lowbit.boards
     import lowbit.hw
 
-    h = hashlib.sha256()
+    here = Path(__file__).parent
     files = [Path(lowbit.__file__).parent / n for n in ("config.py", "isa.py")]
-    for pkg in (lowbit.hw, lowbit.boards):
-        files += sorted(Path(pkg.__file__).parent.glob("*.py"))
+    files += sorted(Path(lowbit.hw.__file__).parent.glob("*.py"))
+    files += [here / n for n in ("build.py", "pynq_z2.py", "targets.py", "wrapper.py")]
+    h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
