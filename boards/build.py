@@ -226,7 +226,8 @@ def _critical_path(report: dict) -> dict | None:
 
 
 def _unit(name: str) -> str:
-    """The accelerator unit a cell belongs to: ``accel.store.y`` -> ``store``."""
+    """The accelerator unit a cell belongs to: ``accel.store.y`` -> ``store``; a name with no
+    unit (a port of the array top, or the wrapper's) gives ``top``."""
     parts = name.split(".")
     while len(parts) > 1 and parts[0] in ("board", "accel"):
         parts.pop(0)

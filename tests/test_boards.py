@@ -319,6 +319,20 @@ def test_xilinx_estimate(yowasp, out):
     assert report.fmax_mhz is None
 
 
+def test_board_top_plan_uses_the_uart(tmp_path):
+    """``top="board"``: lowbit_board (UART bridge + RAMs) on the board's UART pins."""
+    pytest.importorskip("lowbit.hw.board_top")
+    from lowbit.boards.wrapper import make_top
+
+    b = get_board("icebreaker")
+    elab, desc = make_top("board", PRESETS["tiny"], board_clock_hz=b.clock_mhz * 1e6)
+    assert desc.startswith("lowbit_board: UART bridge at 115200 baud (104 clocks per bit)")
+    b.platform().build(elab, name="board", do_build=False).extract(tmp_path)
+    pcf = (tmp_path / "board.pcf").read_text()
+    assert "set_io uart_0__rx__io 6" in pcf and "set_io uart_0__tx__io 9" in pcf
+    assert "set_frequency clk12_0__io 12.0" in pcf     # the board top runs at 12 MHz
+
+
 # -- CLI ------------------------------------------------------------------------------------
 
 def test_cli_boards(capsys):
