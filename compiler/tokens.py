@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lowbit import isa
 from lowbit.isa import LoadTarget, Opcode, Unit
 from lowbit.layout import PARAM_BYTES
 
@@ -55,7 +56,7 @@ _NAME = {Unit.LOAD: "load", Unit.COMPUTE: "compute", Unit.STORE: "store"}
 
 
 #: Tokens a hardware counter holds (8-bit counters, ``lowbit.hw.top.TOKEN_BITS``).
-MAX_OUTSTANDING = 255
+MAX_OUTSTANDING = (1 << isa.TOKEN_COUNTER_BITS) - 1
 
 
 class TokenError(ValueError):

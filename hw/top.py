@@ -19,7 +19,6 @@ from .store import StoreUnit
 __all__ = ["Top", "generate_verilog", "TOP_NAME"]
 
 TOP_NAME = "lowbit_top"
-TOKEN_BITS = 8
 
 
 class Top(wiring.Component):
@@ -78,7 +77,7 @@ class Top(wiring.Component):
 
         # Dependency tokens.
         def counter(name, giver, taker):
-            cnt = Signal(TOKEN_BITS, name=name)
+            cnt = Signal(isa.TOKEN_COUNTER_BITS, name=name)
             m.d.sync += cnt.eq(cnt + giver.give - taker.take)
             m.d.comb += taker.avail.eq(cnt != 0)
 

@@ -29,6 +29,7 @@ __all__ = [
     "INSTR_BITS",
     "INSTR_BYTES",
     "ISA_VERSION",
+    "TOKEN_COUNTER_BITS",
     "Instr",
     "IsaError",
     "LoadTarget",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 ISA_VERSION = 1
+#: Width of each dependency-token counter; at most 2**bits - 1 tokens may be outstanding.
+TOKEN_COUNTER_BITS = 8
 INSTR_BITS = 128
 INSTR_BYTES = INSTR_BITS // 8
 
@@ -285,7 +288,8 @@ def render_markdown() -> str:
     for name, offset, access, meaning in CSRS:
         out.append(f"| {offset:#04x} | {name} | {access} | {meaning} |")
     out += ["", f"`ID` reads `{ID_VALUE:#010x}`.", ""]
-    out += [_SEMANTICS]
+    out += [_SEMANTICS.replace("{bits}", str(TOKEN_COUNTER_BITS))
+            .replace("{most}", str((1 << TOKEN_COUNTER_BITS) - 1))]
     return "\n".join(out)
 
 
@@ -298,7 +302,9 @@ queue in order and run concurrently. Four token counters connect neighbouring un
 L->C, C->L, C->S and S->C. An instruction with `pop_prev` (`pop_next`) waits until the
 counter from the previous (next) unit in the chain load -> compute -> store is non-zero and
 decrements it when it starts; `push_prev` (`push_next`) increments the counter towards the
-previous (next) unit when it completes. The compiler pairs every pop with an earlier push.
+previous (next) unit when it completes. Each unit completes its instructions in order, SYNC
+included. The compiler pairs every pop with an earlier push; a counter is `{bits}` bits wide,
+so at most `{most}` tokens may be outstanding on one counter.
 `END` waits until every earlier instruction has completed, then raises `done`.
 
 ### LOAD
