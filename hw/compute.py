@@ -1,6 +1,6 @@
 """The compute unit: weight preload, activation streaming and accumulation."""
 
-from amaranth import Array, Module, Mux, Signal
+from amaranth import Array, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,6 +61,8 @@ class ComputeUnit(wiring.Component):
         p_acc = Signal(16)
         p_rows = Signal(16)
         p_accum = Signal()
+        p_max = Signal()
+        p_mul = Signal(8)
         p_uns = Signal()
         p_push_prev = Signal()
         p_push_next = Signal()
@@ -84,6 +86,7 @@ class ComputeUnit(wiring.Component):
                 p_valid.eq(1), p_sync.eq(is_sync),
                 p_act.eq(field(ins, F, "act_addr")), p_acc.eq(field(ins, F, "acc_addr")),
                 p_rows.eq(field(ins, F, "rows")), p_accum.eq(field(ins, F, "accumulate")),
+                p_max.eq(field(ins, F, "acc_max")), p_mul.eq(field(ins, F, "mul_m1")),
                 p_uns.eq(field(ins, F, "act_unsigned")),
                 p_push_prev.eq(field(ins, F, "push_prev")),
                 p_push_next.eq(field(ins, F, "push_next")),
@@ -108,6 +111,8 @@ class ComputeUnit(wiring.Component):
         s_act = Signal(16)
         s_acc = Signal(16)
         s_accum = Signal()
+        s_max = Signal()
+        s_mul = Signal(8)
         s_uns = Signal()
         s_sync = Signal()
         s_push_prev = Signal()
@@ -137,6 +142,7 @@ class ComputeUnit(wiring.Component):
                 p_valid.eq(0),
                 s_left.eq(Mux(p_sync, 1, p_rows)),
                 s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
+                s_max.eq(p_max), s_mul.eq(p_mul),
                 s_sync.eq(p_sync),
                 s_push_prev.eq(p_push_prev), s_push_next.eq(p_push_next),
             ]
@@ -161,7 +167,8 @@ class ComputeUnit(wiring.Component):
 
         # -- result pipeline ----------------------------------------------------------------
         D = tm["result"]
-        meta_layout = [("valid", 1), ("addr", 16), ("accum", 1), ("pprev", 1), ("pnext", 1)]
+        meta_layout = [("valid", 1), ("addr", 16), ("accum", 1), ("max", 1), ("mul", 8),
+                       ("pprev", 1), ("pnext", 1)]
 
         def meta_sig(name):
             return {k: Signal(w, name=f"{name}_{k}") for k, w in meta_layout}
@@ -171,20 +178,33 @@ class ComputeUnit(wiring.Component):
             stages[0]["valid"].eq(issuing & ~s_sync),
             stages[0]["addr"].eq(s_acc),
             stages[0]["accum"].eq(s_accum),
+            stages[0]["max"].eq(s_max),
+            stages[0]["mul"].eq(s_mul),
             stages[0]["pprev"].eq(issuing & last & s_push_prev),
             stages[0]["pnext"].eq(issuing & last & s_push_next),
         ]
         for k in range(D):
             m.d.sync += [stages[k + 1][n].eq(stages[k][n]) for n, _ in meta_layout]
-        rd, wr = stages[D - 1], stages[D]
-        m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
+        # Stage D: the array's result for the row read D cycles ago is scaled (``mul_m1 + 1``)
+        # into a register while its accumulator line is read; stage D + 1 writes
+        # ``scaled``, ``old + scaled`` or ``max(old, scaled)``.
+        scl, rd, wr = stages[D - 1], stages[D - 1], stages[D]
         aw = cfg.acc_bits
+        scaled = [Signal(signed(aw), name=f"scaled{j}") for j in range(C)]
+        for j in range(C):
+            m.d.sync += scaled[j].eq(array.p[j] * (scl["mul"] + 1))
+        m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
         m.d.comb += [self.acc_wr_en.eq(wr["valid"]), self.acc_wr_addr.eq(wr["addr"])]
         for j in range(C):
             old = self.acc_rd_data[j * aw:(j + 1) * aw].as_signed()
-            new = array.p[j]
-            m.d.comb += self.acc_wr_data[j * aw:(j + 1) * aw].eq(
-                new + Mux(wr["accum"], old, 0))
+            new = Signal(signed(aw), name=f"new{j}")
+            with m.If(~wr["accum"]):
+                m.d.comb += new.eq(scaled[j])
+            with m.Elif(wr["max"]):
+                m.d.comb += new.eq(Mux(old > scaled[j], old, scaled[j]))
+            with m.Else():
+                m.d.comb += new.eq(old + scaled[j])
+            m.d.comb += self.acc_wr_data[j * aw:(j + 1) * aw].eq(new)
         m.d.comb += [self.tok_prev.give.eq(wr["pprev"]), self.tok_next.give.eq(wr["pnext"])]
 
         inflight = Signal()

@@ -42,7 +42,7 @@ __all__ = [
     "render_markdown",
 ]
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 #: Width of each dependency-token counter; at most 2**bits - 1 tokens may be outstanding.
 TOKEN_COUNTER_BITS = 8
 INSTR_BITS = 128
@@ -100,6 +100,8 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("rows", 16),          # activation vectors streamed (>= 1)
         ("accumulate", 1),     # 1: add to the accumulators, 0: overwrite them
         ("act_unsigned", 1),   # activations are unsigned (0..255) rather than signed
+        ("mul_m1", 8),         # results are multiplied by mul_m1 + 1 (1..256) before use
+        ("acc_max", 1),        # with accumulate: keep the maximum instead of the sum
     ),
     Opcode.STORE: (
         ("acc_addr", 16),      # first accumulator line
@@ -316,7 +318,10 @@ boundary. Completes when its last beat is written.
 ### COMPUTE
 Shifts the weight tile at weight words `weight_addr ...` into the array's shadow weights,
 then streams activation lines `act_addr .. act_addr+rows-1` through the array. Line `m`
-produces `acc[acc_addr+m][j] (+)= sum_i act[m][i] * w[i][j]`, wrapping at `acc_bits`.
+gives `r[j] = (mul_m1 + 1) * sum_i act[m][i] * w[i][j]` and `acc[acc_addr+m][j]` becomes
+`r[j]` (accumulate = 0), `acc + r[j]` (accumulate = 1) or `max(acc, r[j])` (accumulate = 1,
+acc_max = 1), all wrapping at `acc_bits`. The scale serves residual adds (identity tiles,
+one integer weight per input), `acc_max` max pooling.
 Completes when the last result is written to the accumulator memory.
 
 ### STORE

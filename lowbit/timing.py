@@ -8,6 +8,8 @@ __all__ = ["compute_timing"]
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
 FEED = 2
+#: Cycles of the scaling register between the array output and the accumulator write.
+SCALE = 1
 
 
 def compute_timing(cfg) -> dict:
@@ -15,5 +17,5 @@ def compute_timing(cfg) -> dict:
     accumulator write (the instruction's completion). ``bank_wait``: last read of a tile ->
     the edge after which its weight bank may be rewritten."""
     latency = cfg.rows + cfg.cols - 1          # SystolicArray.latency
-    return {"feed": FEED, "result": FEED + latency,
+    return {"feed": FEED, "result": FEED + latency + SCALE,
             "bank_wait": FEED + cfg.rows + cfg.cols - 2}

@@ -96,8 +96,14 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
             if w is None:
                 w = tiles[key] = layout.unpack_weight_tile(cfg, key)
             r = a @ w
+            if ins.mul_m1:
+                r = layout.wrap(r * (ins.mul_m1 + 1), cfg.acc_bits)
             if ins.accumulate:
-                r += acc[c0:c0 + rows]
+                old = acc[c0:c0 + rows]
+                if ins.acc_max:
+                    r = np.maximum(layout.wrap(r, cfg.acc_bits), old)
+                else:
+                    r += old
             acc[c0:c0 + rows] = r if wide else layout.wrap(r, cfg.acc_bits)
             counters["macs"] += rows * R * C
         elif op == Opcode.STORE:

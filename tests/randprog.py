@@ -46,6 +46,7 @@ def random_program(cfg, seed: int, *, length: int = 24) -> Program:
                 weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),
                 acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
                 accumulate=int(rng.integers(0, 2)), act_unsigned=int(rng.integers(0, 2)),
+                mul_m1=int(rng.integers(0, 256)), acc_max=int(rng.integers(0, 2)),
                 pop_prev=pop("l2c"), pop_next=pop("s2c"),
                 push_prev=push("c2l"), push_next=push("c2s")))
         elif kind == "store":
