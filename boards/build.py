@@ -234,6 +234,25 @@ def _unit(name: str) -> str:
     return parts[0] if len(parts) > 1 else "top"
 
 
+_SOURCE = re.compile(r"([\w./-]+\.py):(\d+)")
+
+
+def _critical_sources(log: Path) -> list[str]:
+    """Python source lines (``hw/store.py:163``) along the last (post-route) critical path
+    of the accelerator clock in a nextpnr log, in path order."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    start = text.rfind("Critical path report for clock")
+    if start < 0:
+        return []
+    end = text.find("Critical path report for cross-domain", start)
+    seen: list[str] = []
+    for m in _SOURCE.finditer(text[start:end if end > 0 else len(text)]):
+        where = "/".join(Path(m.group(1)).parts[-2:]) + f":{m.group(2)}"
+        if where not in seen:
+            seen.append(where)
+    return seen
+
+
 _UTIL_LINE = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
 
 
@@ -398,6 +417,8 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, use_dsp, 
     report.fmax_mhz = min(fmax) if fmax else None
     report.meets_timing = report.fmax_mhz is not None and report.fmax_mhz >= report.target_mhz
     report.critical_path = _critical_path(pnr)
+    if report.critical_path is not None:
+        report.critical_path["sources"] = _critical_sources(bdir / "nextpnr.log")
 
     # 4. Bitstream.
     t = time.monotonic()

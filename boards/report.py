@@ -121,6 +121,8 @@ class BuildReport:
             lines.append(f"  critical path {cp['delay_ns']:.2f} ns ({cp['logic_ns']:.2f} logic, "
                          f"{cp['routing_ns']:.2f} routing, {cp['logic_levels']} cells): "
                          f"{cp['from']} -> {cp['to']}")
+            if cp.get("sources"):
+                lines.append(f"  critical path source: {', '.join(cp['sources'])}")
         if self.message:
             lines.append(f"  {self.message}")
         for key, value in sorted(self.files.items()):

@@ -27,7 +27,13 @@ from lowbit.boards import (
     list_boards,
     render_table,
 )
-from lowbit.boards.build import _critical_path, _log_utilisation, _platform, tool_path
+from lowbit.boards.build import (
+    _critical_path,
+    _critical_sources,
+    _log_utilisation,
+    _platform,
+    tool_path,
+)
 from lowbit.boards.estimate import (
     array_ff_lower_bound,
     bram_blocks,
@@ -178,6 +184,22 @@ def test_critical_path_summary():
                                                   "store")
     assert (cp["delay_ns"], cp["routing_ns"], cp["logic_ns"], cp["logic_levels"]) == \
         (4.25, 1.5, 2.75, 1)
+
+
+def test_critical_path_sources(tmp_path):
+    log = tmp_path / "nextpnr.log"
+    log.write_text(
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):\n"
+        "Info:                               /work/x/hw/store.py:150\n"           # placement
+        "Info: Critical path report for cross-domain path '<async>' -> 'clk':\n"
+        "Info: Critical path report for clock 'clk' (posedge -> posedge):\n"     # after routing
+        "Info:                               /share/lattice/arith_map_ccu2c.v:74.7-80.4\n"
+        "Info:                               /work/x/hw/store.py:163\n"
+        "Info:                               /work/x/hw/store.py:163\n"
+        "Info:                               /work/x/hw/linemem.py:60\n"
+        "Info: Critical path report for cross-domain path 'clk' -> '<async>':\n"
+        "Info:                               /work/x/hw/top.py:1\n")
+    assert _critical_sources(log) == ["hw/store.py:163", "hw/linemem.py:60"]
 
 
 # -- fit errors before any tool runs --------------------------------------------------------
