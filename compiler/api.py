@@ -1,8 +1,11 @@
-"""Compiler entry points: quantized MLPs and single GEMM layers to lowbit programs."""
+"""Compiler entry points: quantized MLPs, single GEMM layers and networks (convolutions,
+pooling, residual adds, linear layers: :class:`~lowbit.compiler.graph.Graph`) to lowbit
+programs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,7 +16,11 @@ from . import passes
 from .ir import GraphIR, LinearSpec, TensorSpec
 from .quantize import QuantizedMLP, quantize_multiplier
 
-__all__ = ["PASSES", "compile_gemm", "compile_graph", "compile_mlp", "default_requant"]
+if TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = ["PASSES", "compile_gemm", "compile_graph", "compile_mlp", "compile_network",
+           "default_requant"]
 
 #: Pass names in pipeline order (``dump`` accepts any of them, or ``"all"``).
 PASSES = ("graph", "tile", "schedule", "tokens", "allocate")
@@ -199,3 +206,25 @@ def compile_gemm(cfg: AccelConfig, *, a_shape: tuple[int, int], weights: np.ndar
     graph = GraphIR(config=cfg, tensors=tensors, layers=(layer,), inputs=("x",),
                     outputs=("y",))
     return compile_graph(graph, dump=dump, dump_fn=dump_fn)
+
+
+def compile_network(net: Graph, cfg: AccelConfig, *, batch: int = 1, host_im2col: bool = True,
+                    dump: DumpSpec = None,
+                    dump_fn: Callable[[str, str], None] | None = None) -> Program:
+    """Compile a :class:`~lowbit.compiler.graph.Graph` (see :mod:`lowbit.compiler.conv`).
+
+    Program inputs and outputs keep the graph's tensor names; feature maps are stored with
+    their zero border, so convert values with :func:`lowbit.compiler.conv.pack_inputs` and
+    :func:`~lowbit.compiler.conv.unpack_outputs` (their description is in
+    ``program.meta["network"]``). The outputs equal ``net.forward(inputs)``. ``batch`` is
+    the row count of flat inputs (networks with feature maps run batch 1);
+    ``host_im2col`` lets the host unfold an input image for its first convolution.
+    """
+    from .conv import lower
+
+    cfg = _check_config(cfg)
+    batch = _check_batch(batch)
+    graph, io = lower(net, cfg, batch=batch, host_im2col=bool(host_im2col))
+    prog = compile_graph(graph, dump=dump, dump_fn=dump_fn)
+    prog.meta["network"] = dict(io, name=net.name, macs=net.macs(), params=net.params())
+    return prog

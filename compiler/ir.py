@@ -4,10 +4,13 @@ Four levels, each produced by one pass of :mod:`lowbit.compiler.passes` and chec
 verifier; every level prints itself with ``dump()`` (``compile_mlp(..., dump=...)``).
 
 :class:`GraphIR`
-    Tensors (:class:`TensorSpec`) and integer linear layers (:class:`LinearSpec`).
+    Tensors (:class:`TensorSpec`) and layers: integer linear layers (:class:`LinearSpec`)
+    and spatial layers (:class:`SpatialSpec`: convolutions, pooling, residual adds as
+    sums of shifted tap GEMMs, lowered by :mod:`lowbit.compiler.conv`).
 :class:`TiledIR`
-    The graph plus one :class:`LayerTiling` per layer (M tiles, scratchpad slots,
-    residency) and the ring geometry of the weight and parameter memories.
+    The graph plus one :class:`LayerTiling` (linear) or :class:`SpatialTiling` per layer
+    (output tiles, scratchpad slots, residency) and the ring geometry of the weight and
+    parameter memories.
 :class:`ScheduleIR`
     The instruction sequence as :class:`Op` records in program order, with DRAM
     addresses relative to named :class:`Region` s; after the token pass the ops carry
@@ -30,6 +33,9 @@ __all__ = [
     "Op",
     "Region",
     "ScheduleIR",
+    "SpatialSpec",
+    "SpatialTiling",
+    "Tap",
     "TensorSpec",
     "TiledIR",
     "TOKEN_FIELDS",
@@ -43,7 +49,15 @@ TOKEN_FIELDS = ("pop_prev", "pop_next", "push_prev", "push_next")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """An activation tensor ``(rows, cols)`` in the blocked layout; ``rows`` is the batch."""
+    """An activation tensor ``(rows, cols)`` in the blocked layout; ``rows`` is the batch.
+
+    A feature map (``hw`` = ``(H, W)``) is stored with a zero border of ``border`` =
+    ``(top, bottom, left, right)`` pixels: ``rows`` = ``(H + top + bottom) * (W + left +
+    right)`` lines per channel block, row-major over the padded image, ``cols`` = channels.
+    Its producer writes the interior only; the border stays zero. A tensor with ``alias``
+    has no storage of its own: it is another tensor's bytes seen as ``(rows, cols)``
+    (a flattened map).
+    """
 
     name: str
     rows: int
@@ -52,6 +66,20 @@ class TensorSpec:
     bits: int
     scale: float = 1.0
     role: str = "hidden"   # "input", "hidden" or "output"
+    hw: tuple[int, int] | None = None
+    border: tuple[int, int, int, int] = (0, 0, 0, 0)
+    alias: str | None = None
+
+    @property
+    def buf_hw(self) -> tuple[int, int]:
+        """Height and width of the stored (padded) image."""
+        t, b, lf, r = self.border
+        return self.hw[0] + t + b, self.hw[1] + lf + r
+
+    def line(self, y: int, x: int) -> int:
+        """Line (within a channel block) of interior pixel ``(y, x)``."""
+        t, _, lf, _ = self.border
+        return (y + t) * self.buf_hw[1] + x + lf
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,11 +107,66 @@ class LinearSpec:
         return self.weight.shape[1]
 
 
+@dataclass(frozen=True)
+class Tap:
+    """One COMPUTE of a spatial layer's output tile: source ``src``'s channel block ``k``
+    shifted by kernel position ``(ky, kx)``, through weight tile ``tile`` into output block
+    ``n``, the products scaled by ``mul`` (``1..256``)."""
+
+    n: int
+    src: int
+    k: int
+    ky: int
+    kx: int
+    tile: int
+    mul: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class SpatialSpec:
+    """``dst[y, x, n-block] = requantize(reduce over taps t of
+    t.mul * src[t.src][y*sy + oy + t.ky, x*sx + ox + t.kx, k-block] @ tiles[t.tile])``
+
+    where ``(oy, ox)`` = ``origins[t.src]`` is where the window of output pixel ``(0, 0)``
+    starts in the stored (padded) source image, and the reduction is a sum, or a maximum
+    when ``acc_max``. ``taps`` are grouped by output block ``n`` (ascending); within a
+    block, the taps of one source block are consecutive. ``kind`` names what the layer
+    came from (``conv``, ``dwconv``, ``maxpool``, ``avgpool``, ``add``, ``act``).
+    """
+
+    name: str
+    kind: str
+    srcs: tuple[str, ...]
+    dst: str
+    out_hw: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    origins: tuple[tuple[int, int], ...]
+    taps: tuple[Tap, ...]
+    tiles: np.ndarray              # (T, rows, cols) integer weight tiles
+    acc_max: bool
+    bias: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    relu: bool
+    out_bits: int
+    out_unsigned: bool
+    act_unsigned: tuple[bool, ...]
+    macs: int = 0                  # useful multiply-accumulates (for reports)
+
+    @property
+    def n(self) -> int:
+        return self.bias.shape[0]
+
+    def taps_of(self, n: int) -> tuple[Tap, ...]:
+        return tuple(t for t in self.taps if t.n == n)
+
+
 @dataclass(frozen=True, eq=False)
 class GraphIR:
     config: AccelConfig
     tensors: tuple[TensorSpec, ...]
-    layers: tuple[LinearSpec, ...]
+    layers: tuple[LinearSpec | SpatialSpec, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
@@ -97,9 +180,22 @@ class GraphIR:
         out = [f"graph config={self.config.name}"]
         for t in self.tensors:
             kind = "i" if t.signed else "u"
+            geo = ""
+            if t.hw is not None:
+                geo = f" map {t.hw[0]}x{t.hw[1]} border {t.border}"
+            if t.alias is not None:
+                geo += f" alias of {t.alias}"
             out.append(f"  tensor {t.name}: {t.role} {kind}{t.bits} [{t.rows}, {t.cols}] "
-                       f"scale={t.scale:.6g}")
+                       f"scale={t.scale:.6g}{geo}")
         for ly in self.layers:
+            if isinstance(ly, SpatialSpec):
+                out.append(f"  {ly.name}: {ly.dst} = {ly.kind}({', '.join(ly.srcs)}, kernel "
+                           f"{ly.kernel[0]}x{ly.kernel[1]} stride {ly.stride} origins "
+                           f"{list(ly.origins)} -> {ly.out_hw[0]}x{ly.out_hw[1]}x{ly.n}, "
+                           f"{len(ly.taps)} taps, {len(ly.tiles)} tiles, "
+                           f"{'max' if ly.acc_max else 'sum'}, relu={int(ly.relu)}, "
+                           f"out={'u' if ly.out_unsigned else 'i'}{ly.out_bits})")
+                continue
             w = ly.weight
             out.append(f"  {ly.name}: {ly.dst} = linear({ly.src}, w[{ly.k}, {ly.n}] "
                        f"range {int(w.min())}..{int(w.max())}, relu={int(ly.relu)}, "
@@ -142,6 +238,14 @@ class LayerTiling:
     acc_lines: int
     est_cycles: int
 
+    @property
+    def n_computes(self) -> int:
+        return len(self.m_tiles) * self.nb * self.kb
+
+    @property
+    def n_stores(self) -> int:
+        return len(self.m_tiles) * self.nb
+
     def dump(self) -> str:
         return (f"  layer {self.layer}: M={self.m} (padded {self.mp}) K={self.k} N={self.n} "
                 f"-> {len(self.m_tiles)} M tiles of {self.mt} rows x {self.kb} K blocks x "
@@ -152,10 +256,55 @@ class LayerTiling:
                 f"{self.acc_buffers} x {self.acc_lines} lines; est {self.est_cycles} cycles")
 
 
+@dataclass(frozen=True)
+class SpatialTiling:
+    """How one spatial layer is cut into output tiles and placed in the scratchpads.
+
+    ``out_tiles`` are ``(y0, rows, x0, cols)`` rectangles of output pixels. For a tile, each
+    source channel block is loaded as a *slab*: for every stride phase ``(py, px)`` used by
+    a kernel position, a plane of input rows ``y0*sy + oy + py + sy*i`` by columns
+    ``x0*sx + ox + px + sx*j``, ``pitch`` lines per row, at ``planes[(py, px)]`` lines
+    into the slab. Tap ``(ky, kx)`` then streams ``(rows - 1) * pitch + cols`` consecutive
+    lines from ``plane(ky % sy, kx % sx) + (ky // sy) * pitch + kx // sx``, and output pixel
+    ``(r, c)`` of the tile lands in accumulator line ``r * pitch + c`` (lines with
+    ``c >= cols`` are computed and never stored). Slabs live in a ring of ``act_slots``
+    slots of ``slab_lines``; ``act_resident`` means every slab of an output tile stays
+    loaded while all its output blocks are computed (otherwise slabs are loaded again for
+    every output block).
+    """
+
+    layer: int
+    out_tiles: tuple[tuple[int, int, int, int], ...]
+    pitch: int
+    planes: tuple[tuple[int, int, int], ...]     # (py, px, first line in the slab)
+    slab_lines: int
+    slabs: int                                   # distinct source blocks per output tile
+    act_slots: int
+    act_resident: bool
+    weight_resident: bool
+    param_resident: bool
+    acc_buffers: int
+    acc_lines: int
+    est_cycles: int
+    n_computes: int
+    n_stores: int
+
+    def dump(self) -> str:
+        y0, rows, x0, cols = self.out_tiles[0]
+        return (f"  layer {self.layer}: {len(self.out_tiles)} output tiles of up to {rows}x"
+                f"{cols} pixels, pitch {self.pitch}, {len(self.planes)} phase planes, slab "
+                f"{self.slab_lines} lines x {self.slabs} blocks, act slots={self.act_slots} "
+                f"{'resident' if self.act_resident else 'streamed'}; weights "
+                f"{'resident' if self.weight_resident else 'streamed'}; params "
+                f"{'resident' if self.param_resident else 'streamed'}; acc "
+                f"{self.acc_buffers} x {self.acc_lines} lines; {self.n_computes} computes, "
+                f"{self.n_stores} stores; est {self.est_cycles} cycles")
+
+
 @dataclass(frozen=True, eq=False)
 class TiledIR:
     graph: GraphIR
-    tilings: tuple[LayerTiling, ...]
+    tilings: tuple[LayerTiling | SpatialTiling, ...]
     weight_group: int    # tiles per weight LOAD (one ring slot)
     weight_slots: int    # slots in the weight ring
     param_group: int     # parameter lines per parameter LOAD (one ring slot)

@@ -49,6 +49,10 @@ forwards a STORE -> LOAD dependency through DRAM at a layer boundary); the queue
 On the ``16x16`` preset a 256 x 256 x 256 GEMM runs at about 98 % of the ideal
 ``M*K*N / (R*C)`` cycles in the cycle simulator (M tiles of 64 rows, 8 weight tiles per
 LOAD, ~1300 instructions).
+
+Spatial layers (:class:`~lowbit.compiler.ir.SpatialSpec`: convolutions, pooling, adds) are
+tiled and scheduled by :mod:`lowbit.compiler.conv` into the same builder, so the weight,
+parameter and accumulator rings, the interleaving and the token pass are shared.
 """
 
 from __future__ import annotations
@@ -64,7 +68,17 @@ from lowbit.config import AccelConfig
 from lowbit.isa import LoadTarget, Opcode
 from lowbit.program import Program, ProgramError, TensorRef
 
-from .ir import GraphIR, LayerTiling, LinearSpec, Op, Region, ScheduleIR, TiledIR
+from .ir import (
+    GraphIR,
+    LayerTiling,
+    LinearSpec,
+    Op,
+    Region,
+    ScheduleIR,
+    SpatialSpec,
+    SpatialTiling,
+    TiledIR,
+)
 from .tokens import assign_tokens, verify_tokens
 
 __all__ = [
@@ -103,8 +117,25 @@ def verify_graph(g: GraphIR) -> None:
     if len(set(names)) != len(names):
         raise CompileError(f"tensor names must be unique, not {names}")
     lo, hi = -(1 << (cfg.weight_bits - 1)), (1 << (cfg.weight_bits - 1)) - 1
+    for t in g.tensors:
+        if t.alias is not None:
+            target = g.tensor(t.alias)
+            if target.hw is None or t.rows != 1 or t.cols != layout.blocks(
+                    cfg, target.cols) * layout.padded_rows(cfg, target.rows) * cfg.rows:
+                raise CompileError(f"tensor {t.name}: alias of {t.alias} must be its flat "
+                                   f"(1, blocks * lines * rows) view")
+        if t.hw is not None and t.rows != t.buf_hw[0] * t.buf_hw[1]:
+            raise CompileError(f"tensor {t.name}: {t.rows} rows do not match the stored image "
+                               f"{t.buf_hw}")
     for ly in g.layers:
+        if isinstance(ly, SpatialSpec):
+            from .conv import verify_spatial
+            verify_spatial(g, ly)
+            continue
         src, dst = g.tensor(ly.src), g.tensor(ly.dst)
+        if src.hw is not None or dst.hw is not None:
+            raise CompileError(f"{ly.name}: linear layers take and give flat tensors, not "
+                               f"feature maps")
         if ly.weight.ndim != 2 or ly.k != src.cols or ly.n != dst.cols:
             raise CompileError(f"{ly.name}: weight shape {ly.weight.shape} does not match "
                                f"{src.name} [{src.rows}, {src.cols}] -> {dst.name} "
@@ -207,6 +238,11 @@ def plan_tiles(g: GraphIR) -> TiledIR:
     mt_cap = min(acc_cap, cfg.act_depth, 0xFFFF, row_beats_cap) // lpb * lpb
     tilings = []
     for i, ly in enumerate(g.layers):
+        if isinstance(ly, SpatialSpec):
+            from .conv import plan_spatial
+            tilings.append(plan_spatial(cfg, g, ly, i, weight_group=wg, weight_slots=wslots,
+                                        param_group=pg, param_slots=pslots))
+            continue
         m = g.tensor(ly.src).rows
         mp = layout.padded_rows(cfg, m)
         kb, nb = layout.blocks(cfg, ly.k), layout.blocks(cfg, ly.n)
@@ -241,7 +277,13 @@ def verify_tiling(t: TiledIR) -> None:
         raise CompileError("weight ring exceeds the weight scratchpad")
     if t.param_group * t.param_slots > cfg.param_depth or t.param_slots < 2:
         raise CompileError("parameter ring exceeds the parameter memory")
-    for lt in t.tilings:
+    for ly, lt in zip(t.graph.layers, t.tilings, strict=True):
+        if isinstance(ly, SpatialSpec) != isinstance(lt, SpatialTiling):
+            raise CompileError(f"layer {lt.layer}: tiling kind does not match the layer")
+        if isinstance(lt, SpatialTiling):
+            from .conv import verify_spatial_tiling
+            verify_spatial_tiling(t, ly, lt)
+            continue
         where = f"layer {lt.layer}"
         if lt.mt % lpb or lt.mt < 1 or lt.mt > lt.acc_lines or lt.mt > cfg.act_depth:
             raise CompileError(f"{where}: M tile {lt.mt} is not a multiple of {lpb} lines "
@@ -324,28 +366,45 @@ def _pack_layer_params(cfg, ly: LinearSpec, nb: int) -> bytes:
 def schedule(t: TiledIR) -> ScheduleIR:
     """Lower the tiled layers to LOAD/COMPUTE/STORE ops in program order (no tokens yet)."""
     cfg, g = t.config, t.graph
-    wtb = cfg.weight_tile_beats
     bld = _Builder(cfg)
     regions: list[Region] = []
     for ly, lt in zip(g.layers, t.tilings, strict=True):
-        regions.append(Region(f"w{lt.layer}", "weights", lt.kb * lt.nb * wtb * cfg.beat_bytes,
-                              _pack_weights(cfg, ly.weight, lt.kb, lt.nb)))
+        if isinstance(ly, SpatialSpec):
+            data = b"".join(layout.pack_weight_tile(cfg, tile) for tile in ly.tiles)
+        else:
+            data = _pack_weights(cfg, ly.weight, lt.kb, lt.nb)
+        regions.append(Region(f"w{lt.layer}", "weights", len(data), data))
     for ly, lt in zip(g.layers, t.tilings, strict=True):
-        data = _pack_layer_params(cfg, ly, lt.nb)
+        data = _pack_layer_params(cfg, ly, layout.blocks(cfg, ly.n))
         regions.append(Region(f"p{lt.layer}", "params", len(data), data))
     for ten in g.tensors:
+        if ten.alias is not None:
+            continue
         size = layout.act_bytes(cfg, ten.rows, ten.cols)
         regions.append(Region(ten.name, "act", size))
         bld.written[ten.name] = np.full((layout.blocks(cfg, ten.cols),
                                          layout.padded_rows(cfg, ten.rows)), -1, np.int64)
+    for ten in g.tensors:
+        if ten.alias is not None:       # the same cells, one line per block
+            bld.written[ten.name] = bld.written[ten.alias].reshape(-1, 1)
 
     wpos = ppos = tile_no = 0
     for ly, lt in zip(g.layers, t.tilings, strict=True):
-        _schedule_layer(t, bld, ly, lt, wpos, ppos, tile_no)
+        if isinstance(ly, SpatialSpec):
+            from .conv import schedule_spatial
+            schedule_spatial(t, bld, ly, lt, wpos, ppos, tile_no)
+        else:
+            _schedule_layer(t, bld, ly, lt, wpos, ppos, tile_no)
         wpos, ppos, tile_no = bld.state
     ops = _interleave(bld)
     return ScheduleIR(tiled=t, ops=tuple(ops), regions=tuple(regions),
                       meta={"loads": len(bld.loads), "computes": len(bld.computes)})
+
+
+def _storage(g: GraphIR, name: str) -> str:
+    """The DRAM region holding tensor ``name`` (an alias's target)."""
+    alias = g.tensor(name).alias
+    return name if alias is None else alias
 
 
 def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
@@ -378,7 +437,8 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         sb = int(src_written[k:k + count, m0:m0 + rows].max())
         op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=lines * R // B, rows=count,
                      row_beats=rows * R // B, dram_addr=k * mp * R + m0 * R, stride=mp * R,
-                     region=ly.src, note=f"{ly.name} act m{mi} k{k}..{k + count - 1}")
+                     region=_storage(t.graph, ly.src),
+                     note=f"{ly.name} act m{mi} k{k}..{k + count - 1}")
         # with double-buffered slots, the blocks of M tile m load while tile m - 1
         # computes, spread evenly over its computes (not in a burst that would hold up
         # the weight loads behind them in the in-order load unit)
@@ -512,11 +572,11 @@ def verify_schedule(ir: ScheduleIR) -> None:
     except ProgramError as exc:
         raise CompileError(f"schedule: {exc}") from None
     computes = [op for op in ir.ops if op.opcode == Opcode.COMPUTE]
-    expected = sum(len(lt.m_tiles) * lt.nb * lt.kb for lt in ir.tiled.tilings)
+    expected = sum(lt.n_computes for lt in ir.tiled.tilings)
     if len(computes) != expected:
         raise CompileError(f"schedule has {len(computes)} COMPUTEs, expected {expected}")
     stores = sum(op.opcode == Opcode.STORE for op in ir.ops)
-    expected = sum(len(lt.m_tiles) * lt.nb for lt in ir.tiled.tilings)
+    expected = sum(lt.n_stores for lt in ir.tiled.tilings)
     if stores != expected:
         raise CompileError(f"schedule has {stores} STOREs, expected {expected}")
 
@@ -571,14 +631,15 @@ def data_regions(g: GraphIR) -> tuple[Region, ...]:
     cfg = g.config
     out = []
     for ly in g.layers:
-        kb, nb = layout.blocks(cfg, ly.k), layout.blocks(cfg, ly.n)
-        out.append(Region(ly.name, "weights", kb * nb * cfg.weight_tile_beats
-                          * cfg.beat_bytes))
+        nb = layout.blocks(cfg, ly.n)
+        tiles = len(ly.tiles) if isinstance(ly, SpatialSpec) else layout.blocks(cfg, ly.k) * nb
+        out.append(Region(ly.name, "weights", tiles * cfg.weight_tile_beats * cfg.beat_bytes))
         out.append(Region(ly.name + ".p", "params", _round_up(nb * cfg.cols
                                                               * layout.PARAM_BYTES,
                                                               cfg.beat_bytes)))
     for ten in g.tensors:
-        out.append(Region(ten.name, "act", layout.act_bytes(cfg, ten.rows, ten.cols)))
+        if ten.alias is None:
+            out.append(Region(ten.name, "act", layout.act_bytes(cfg, ten.rows, ten.cols)))
     return tuple(out)
 
 
@@ -636,18 +697,27 @@ def emit(ir: ScheduleIR) -> Program:
 
     def ref(name: str) -> TensorRef:
         t = g.tensor(name)
-        return TensorRef(name=t.name, addr=bases[t.name], rows=t.rows, cols=t.cols,
-                         signed=t.signed, scale=float(t.scale), bits=t.bits)
+        return TensorRef(name=t.name, addr=bases[_storage(g, t.name)], rows=t.rows,
+                         cols=t.cols, signed=t.signed, scale=float(t.scale), bits=t.bits)
+
+    def layer_meta(ly, lt) -> dict:
+        if isinstance(ly, SpatialSpec):
+            return dict(name=ly.name, kind=ly.kind, out=[*ly.out_hw, ly.n],
+                        kernel=list(ly.kernel), stride=list(ly.stride),
+                        out_tiles=len(lt.out_tiles), pitch=lt.pitch,
+                        act_resident=lt.act_resident, weight_resident=lt.weight_resident,
+                        computes=lt.n_computes, macs=ly.macs, est_cycles=lt.est_cycles)
+        return dict(name=ly.name, m=lt.m, k=lt.k, n=lt.n, mt=lt.mt, m_tiles=len(lt.m_tiles),
+                    act_resident=lt.act_resident, weight_resident=lt.weight_resident,
+                    est_cycles=lt.est_cycles)
 
     meta = {
         "compiler": "lowbit.compiler",
-        "layers": [dict(name=ly.name, m=lt.m, k=lt.k, n=lt.n, mt=lt.mt,
-                        m_tiles=len(lt.m_tiles), act_resident=lt.act_resident,
-                        weight_resident=lt.weight_resident, est_cycles=lt.est_cycles)
-                   for ly, lt in zip(g.layers, ir.tiled.tilings, strict=True)],
+        "layers": [layer_meta(ly, lt) for ly, lt in zip(g.layers, ir.tiled.tilings,
+                                                         strict=True)],
         "memory_map": {name: addr for name, addr in bases.items()},
-        "macs": int(sum(lt.mp * lt.kb * lt.nb * cfg.rows * cfg.cols
-                        for lt in ir.tiled.tilings)),
+        "macs": int(sum(op.get("rows") for op in ir.ops if op.opcode == Opcode.COMPUTE)
+                    * cfg.rows * cfg.cols),
     }
     return Program(config=cfg, instrs=instrs, segments=segments,
                    inputs=[ref(n) for n in g.inputs], outputs=[ref(n) for n in g.outputs],

@@ -1,0 +1,778 @@
+"""Convolutions, pooling and residual adds as implicit GEMMs on the systolic array.
+
+Lowering (:func:`lower`, network :class:`~lowbit.compiler.graph.Graph` -> :class:`GraphIR`)
+-----------------------------------------------------------------------------------------
+Feature maps live in DRAM in the blocked layout of ``lowbit.layout`` with one line per
+pixel: channel block ``b`` holds the padded image row-major, ``(H + top + bottom) * (W + left
++ right)`` lines of ``rows`` channels. The zero border is as wide as the largest padding any
+consumer needs; the producer stores only the interior, so the border stays zero and a
+consumer's window reads padding like any other pixel.
+
+Every spatial operator becomes a :class:`SpatialSpec`: a list of *taps*, each one COMPUTE
+``acc (+)= mul * shifted(src, ky, kx)[k-block] @ tile`` into one output channel block:
+
+* ``Conv2D`` (any ``kh x kw``, stride, padding, groups): a tap per (output block, input
+  block, kernel position); the tile is the kernel position's weights restricted to the two
+  blocks. Blocks of different groups have no tap, so a depthwise convolution is one
+  *diagonal* tile per (block, position): ``1 / cols`` of the array does useful work.
+* ``Pool2D``: identity tiles; ``max`` keeps the maximum (``acc_max``), ``avg`` sums and the
+  STORE requantizes by ``~1 / (kh * kw)``; ``global_avg_pool`` is ``avg`` over the map.
+* ``Add``: two identity taps per block, scaled by the integers ``mul_a``, ``mul_b``
+  (COMPUTE ``mul_m1``), then the STORE's requantization.
+* ``Activation`` (ReLU/ReLU6 on a map): one identity tap and the STORE's clamp.
+* ``Linear`` stays a :class:`LinearSpec`; ``Flatten`` is free: the flat tensor is an alias
+  of the map's bytes (``(1, blocks * lines * rows)``) and the linear layer's weight rows are
+  permuted to that order (zero for border pixels and padding channels).
+
+Schedule of a spatial layer (:func:`plan_spatial`, :func:`schedule_spatial`)
+-----------------------------------------------------------------------------
+The output is cut into tiles of ``rows x cols`` pixels. For one tile, each source channel
+block is loaded as a *slab*: the input window of the tile split into the stride phases its
+taps use (``(ky % sy, kx % sx)``), each phase a plane of ``pitch`` lines per row. With
+stride 1 in x a phase plane is one LOAD (2-D: one transfer row per image row); with a
+larger x stride the LOAD's stride walks every ``sx``-th pixel of one image row. Every tap is
+then one COMPUTE over ``(rows - 1) * pitch + cols`` consecutive slab lines starting at its
+phase plane plus ``(ky // sy) * pitch + kx // sx``: output pixel ``(r, c)`` lands in
+accumulator line ``r * pitch + c``; the ``pitch - cols`` lines between rows are computed
+and never stored. One STORE per output row writes the tile's rows into the destination's
+interior (one STORE for the whole tile when neither has gaps).
+
+This needs one activation line to be whole bus beats (``act_line_bits >= bus_bits``: the
+presets ``tiny``, ``8x8``, ``16x16`` and ``default`` have ``act_line_bits == bus_bits``),
+so that a LOAD can gather single pixels. Configs with several lines per beat are refused
+with a :class:`CompileError` naming the numbers (``lowbit.compiler`` has no im2col copy).
+
+Tiles are chosen by a cost model (larger tiles amortise loads and per-instruction costs;
+they must fit half the accumulator memory and the activation scratchpad). Weight tiles
+stay resident when the layer's distinct tiles fit the weight ring, otherwise they stream in
+order for every output tile; slabs stay resident (and the next tile's slabs load during the
+current one when there is room) or are loaded again for every output block.
+
+``compile_network`` also offers ``host_im2col``: an input image consumed by one ordinary
+convolution is handed over by the host already unfolded (``(OH * OW, kh * kw * C)``, see
+:func:`pack_inputs`), and that convolution becomes a 1x1 convolution. For 1- or 3-channel
+images this fills the array's rows instead of one or three of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit import layout
+from lowbit.config import AccelConfig
+from lowbit.isa import LoadTarget, Opcode
+
+from .graph import Activation, Add, Conv2D, Flatten, Graph, Linear, Pool2D
+from .ir import GraphIR, LinearSpec, Op, SpatialSpec, SpatialTiling, Tap, TensorSpec, TiledIR
+from .passes import _XFER, CompileError, _Builder, _ceil_div, _ring_geometry
+
+__all__ = [
+    "check_spatial_config",
+    "lower",
+    "pack_inputs",
+    "plan_spatial",
+    "schedule_spatial",
+    "unpack_outputs",
+    "verify_spatial",
+    "verify_spatial_tiling",
+]
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def check_spatial_config(cfg: AccelConfig) -> None:
+    """Refuse configs whose activation lines are narrower than a bus beat."""
+    if cfg.act_line_bits < cfg.bus_bits:
+        raise CompileError(
+            f"feature maps need an activation line (rows * 8 = {cfg.act_line_bits} bits) of "
+            f"at least one bus beat ({cfg.bus_bits} bits) so that a LOAD can gather single "
+            f"pixels; this config packs {cfg.lines_per_beat} lines per beat. Use rows >= "
+            f"{cfg.bus_bits // 8} or bus_bits <= {cfg.act_line_bits}")
+
+
+# -- lowering -------------------------------------------------------------------------------
+
+
+def _im2col_rewrite(net: Graph, cfg: AccelConfig) -> tuple[Graph, dict]:
+    """Input images consumed only by one ungrouped convolution whose unfolded channels fill
+    fewer blocks: hand them over unfolded and make the convolution 1x1."""
+    tensors, ops, info = dict(net.tensors), list(net.ops), {}
+    for name in net.inputs:
+        t = net.tensors[name]
+        users = net.consumers(name)
+        if not t.is_map or name in net.outputs or len(users) != 1 \
+                or not isinstance(users[0], Conv2D) or users[0].groups != 1:
+            continue
+        op = users[0]
+        kh, kw, cin, cout = op.weight.shape
+        if layout.blocks(cfg, cin) * kh * kw <= layout.blocks(cfg, kh * kw * cin):
+            continue
+        oh, ow, _ = net.tensors[op.dst].shape
+        tensors[name] = dataclasses.replace(t, shape=(oh, ow, kh * kw * cin))
+        ops[ops.index(op)] = dataclasses.replace(
+            op, weight=op.weight.reshape(1, 1, kh * kw * cin, cout), stride=(1, 1),
+            padding=(0, 0, 0, 0))
+        info[name] = dict(kernel=[kh, kw], stride=list(op.stride), padding=list(op.padding),
+                          image=list(t.shape))
+    if not info:
+        return net, {}
+    return dataclasses.replace(net, tensors=tensors, ops=ops, calib={}), info
+
+
+def _borders(net: Graph) -> dict[str, tuple[int, int, int, int]]:
+    out = {}
+    for name, t in net.tensors.items():
+        if not t.is_map:
+            continue
+        need = [0, 0, 0, 0]
+        for op in net.consumers(name):
+            if isinstance(op, (Conv2D, Pool2D)):
+                need = [max(a, b) for a, b in zip(need, op.padding, strict=True)]
+        out[name] = tuple(need)
+    return out
+
+
+def _dedupe(cfg, taps: list[Tap], tiles: list[np.ndarray]):
+    """Share identical tiles when the distinct ones fit the weight ring (then they stay
+    resident); otherwise keep one tile per tap, in tap order (streamed)."""
+    wg, wslots, _, _ = _ring_geometry(cfg)
+    index: dict[bytes, int] = {}
+    uniq, remap = [], []
+    for t in tiles:
+        key = t.tobytes()
+        if key not in index:
+            index[key] = len(uniq)
+            uniq.append(t)
+        remap.append(index[key])
+    if len(uniq) <= wg * wslots:
+        taps = [dataclasses.replace(tp, tile=remap[tp.tile]) for tp in taps]
+        return taps, np.array(uniq, dtype=np.int64).reshape(-1, cfg.rows, cfg.cols)
+    order = []
+    for tp in taps:
+        order.append(tiles[tp.tile])
+    taps = [dataclasses.replace(tp, tile=i) for i, tp in enumerate(taps)]
+    return taps, np.array(order, dtype=np.int64).reshape(-1, cfg.rows, cfg.cols)
+
+
+def _conv_taps(cfg, op: Conv2D, cin: int):
+    R, C = cfg.rows, cfg.cols
+    kh, kw, cig, cout = op.weight.shape
+    g = op.groups
+    cog = cout // g
+    kb, nb = layout.blocks(cfg, cin), layout.blocks(cfg, cout)
+    ci = np.arange(kb * R)
+    co = np.arange(nb * C)
+    same = (ci[:, None] // cig) == (co[None, :] // cog)
+    same &= (ci[:, None] < cin) & (co[None, :] < cout)
+    dense = np.zeros((kh, kw, kb * R, nb * C), np.int64)
+    rows_i, cols_o = np.nonzero(same)
+    dense[:, :, rows_i, cols_o] = op.weight[:, :, rows_i % cig, cols_o]
+    taps, tiles = [], []
+    for n in range(nb):
+        for k in range(kb):
+            if not same[k * R:(k + 1) * R, n * C:(n + 1) * C].any():
+                continue
+            for ky in range(kh):
+                for kx in range(kw):
+                    taps.append(Tap(n=n, src=0, k=k, ky=ky, kx=kx, tile=len(tiles)))
+                    tiles.append(dense[ky, kx, k * R:(k + 1) * R, n * C:(n + 1) * C])
+    return _dedupe(cfg, taps, tiles)
+
+
+def _identity_taps(cfg, nb: int, per_block) -> tuple[list[Tap], np.ndarray]:
+    taps = [Tap(n=n, src=s, k=n, ky=ky, kx=kx, tile=0, mul=mul)
+            for n in range(nb) for s, ky, kx, mul in per_block]
+    return taps, np.eye(cfg.rows, cfg.cols, dtype=np.int64)[None]
+
+
+def lower(net: Graph, cfg: AccelConfig, *, batch: int = 1,
+          host_im2col: bool = True) -> tuple[GraphIR, dict]:
+    """The :class:`GraphIR` of ``net`` for ``cfg`` and the I/O description that
+    :func:`pack_inputs` and :func:`unpack_outputs` use (stored in the program's
+    ``meta["network"]``)."""
+    if not isinstance(net, Graph):
+        raise TypeError(f"net must be a Graph, not {type(net).__name__}")
+    if net.weight_bits != cfg.weight_bits:
+        raise ValueError(f"network has {net.weight_bits}-bit weights but the accelerator has "
+                         f"weight_bits={cfg.weight_bits}")
+    if net.acc_bits != cfg.acc_bits:
+        raise ValueError(f"network assumes acc_bits={net.acc_bits} but the accelerator has "
+                         f"acc_bits={cfg.acc_bits}")
+    if not net.outputs:
+        raise ValueError(f"network {net.name!r} has no outputs (Graph.output)")
+    for t in net.tensors.values():
+        if t.bits > cfg.act_bits:
+            raise ValueError(f"tensor {t.name} has {t.bits}-bit values but the accelerator "
+                             f"has act_bits={cfg.act_bits}")
+    maps = any(t.is_map for t in net.tensors.values())
+    if maps:
+        check_spatial_config(cfg)
+        if batch != 1:
+            raise ValueError(f"networks with feature maps run one image at a time (batch 1), "
+                             f"not batch {batch}")
+    im2col: dict = {}
+    if host_im2col:
+        net, im2col = _im2col_rewrite(net, cfg)
+    borders = _borders(net)
+    R = cfg.rows
+    specs: dict[str, TensorSpec] = {}
+    io: dict = {"inputs": {}, "outputs": {}}
+    for name, t in net.tensors.items():
+        role = "input" if name in net.inputs else ("output" if name in net.outputs
+                                                   else "hidden")
+        if t.is_map:
+            h, w, c = t.shape
+            bt, bb, bl, br = borders[name]
+            specs[name] = TensorSpec(name, (h + bt + bb) * (w + bl + br), c, t.signed, t.bits,
+                                     t.scale, role, hw=(h, w), border=borders[name])
+        else:
+            specs[name] = TensorSpec(name, batch, t.channels, t.signed, t.bits, t.scale, role)
+    layers: list = []
+    for op in net.ops:
+        if isinstance(op, Flatten):
+            src = specs[op.src]
+            k = layout.blocks(cfg, src.cols) * layout.padded_rows(cfg, src.rows) * R
+            specs[op.dst] = dataclasses.replace(specs[op.dst], rows=1, cols=k, alias=op.src)
+            continue
+        if isinstance(op, Linear):
+            layers.append(_lower_linear(cfg, net, specs, op))
+            continue
+        if isinstance(op, Activation) and not net.tensors[op.src].is_map:
+            c = specs[op.src].cols
+            layers.append(LinearSpec(
+                name=op.name, src=op.src, dst=op.dst, weight=np.eye(c, dtype=np.int64),
+                bias=op.bias, mult=op.mult, shift=op.shift, relu=op.relu,
+                out_bits=op.out_bits, out_unsigned=op.out_unsigned,
+                act_unsigned=not specs[op.src].signed))
+            continue
+        layers.append(_lower_spatial(cfg, net, specs, op))
+    for name in net.inputs + net.outputs:
+        t, s = net.tensors[name], specs[name]
+        d = dict(shape=list(t.shape), border=list(s.border), rows=s.rows, cols=s.cols)
+        if name in im2col:
+            d["im2col"] = im2col[name]
+        if s.alias is not None:
+            src = net.tensors[s.alias]
+            d["flatten_of"] = dict(shape=list(src.shape), border=list(specs[s.alias].border))
+        io["inputs" if name in net.inputs else "outputs"][name] = d
+    ir = GraphIR(config=cfg, tensors=tuple(specs.values()), layers=tuple(layers),
+                 inputs=tuple(net.inputs), outputs=tuple(net.outputs))
+    return ir, io
+
+
+def _flat_order(cfg, spec: TensorSpec, shape) -> np.ndarray:
+    """For a flattened map: the alias row of each element of ``flatten`` (``(y, x, c)``)."""
+    h, w, c = shape
+    mp = layout.padded_rows(cfg, spec.rows)
+    y, x, ch = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), indexing="ij")
+    line = (y + spec.border[0]) * spec.buf_hw[1] + x + spec.border[2]
+    return (((ch // cfg.rows) * mp + line) * cfg.rows + ch % cfg.rows).reshape(-1)
+
+
+def _lower_linear(cfg, net: Graph, specs, op: Linear) -> LinearSpec:
+    src = specs[op.src]
+    w = op.weight
+    if src.alias is not None:
+        full = np.zeros((src.cols, w.shape[1]), np.int64)
+        full[_flat_order(cfg, specs[src.alias], net.tensors[src.alias].shape)] = w
+        w = full
+    return LinearSpec(name=op.name, src=op.src, dst=op.dst, weight=w, bias=op.bias,
+                      mult=op.mult, shift=op.shift, relu=op.relu, out_bits=op.out_bits,
+                      out_unsigned=op.out_unsigned, act_unsigned=not src.signed)
+
+
+def _lower_spatial(cfg, net: Graph, specs, op) -> SpatialSpec:
+    dst = net.tensors[op.dst]
+    oh, ow, cout = dst.shape
+    nb = layout.blocks(cfg, cout)
+    srcs = tuple(op.srcs)
+    for s in srcs:
+        if not net.tensors[s].is_map:
+            raise CompileError(f"{op.name}: {s} must be a feature map")
+    pad = getattr(op, "padding", (0, 0, 0, 0))
+    origins = tuple((specs[s].border[0] - pad[0], specs[s].border[2] - pad[2]) for s in srcs)
+    acc_max = False
+    if isinstance(op, Conv2D):
+        taps, tiles = _conv_taps(cfg, op, net.tensors[op.src].channels)
+        kind = "dwconv" if op.groups > 1 and op.weight.shape[2] == 1 else "conv"
+        kernel, stride = op.kernel, op.stride
+    elif isinstance(op, Pool2D):
+        kh, kw = op.kernel
+        taps, tiles = _identity_taps(cfg, nb, [(0, ky, kx, 1) for ky in range(kh)
+                                                for kx in range(kw)])
+        acc_max = op.mode == "max"
+        kind, kernel, stride = op.kind, op.kernel, op.stride
+    elif isinstance(op, Add):
+        taps, tiles = _identity_taps(cfg, nb, [(0, 0, 0, op.mul_a), (1, 0, 0, op.mul_b)])
+        kind, kernel, stride = "add", (1, 1), (1, 1)
+    elif isinstance(op, Activation):
+        taps, tiles = _identity_taps(cfg, nb, [(0, 0, 0, 1)])
+        kind, kernel, stride = "act", (1, 1), (1, 1)
+    else:  # pragma: no cover - every Graph operator is handled above
+        raise CompileError(f"{op.name}: no lowering for {type(op).__name__}")
+    return SpatialSpec(
+        name=op.name, kind=kind, srcs=srcs, dst=op.dst, out_hw=(oh, ow), kernel=kernel,
+        stride=stride, origins=origins, taps=tuple(taps), tiles=tiles, acc_max=acc_max,
+        bias=op.bias, mult=op.mult, shift=op.shift, relu=op.relu, out_bits=op.out_bits,
+        out_unsigned=op.out_unsigned,
+        act_unsigned=tuple(not specs[s].signed for s in srcs), macs=op.macs(net))
+
+
+# -- verification of the graph level --------------------------------------------------------
+
+
+def verify_spatial(g: GraphIR, ly: SpatialSpec) -> None:
+    """Shapes, window bounds, tap order and ranges of one spatial layer."""
+    cfg = g.config
+    where = ly.name
+    dst = g.tensor(ly.dst)
+    if dst.hw != ly.out_hw or dst.cols != ly.n:
+        raise CompileError(f"{where}: output {ly.out_hw}x{ly.n} does not match tensor "
+                           f"{dst.name} {dst.hw}x{dst.cols}")
+    if dst.signed == ly.out_unsigned or dst.bits != ly.out_bits:
+        raise CompileError(f"{where}: output format does not match tensor {dst.name}")
+    if len(ly.origins) != len(ly.srcs) or len(ly.act_unsigned) != len(ly.srcs):
+        raise CompileError(f"{where}: one origin and signedness per source required")
+    sy, sx = ly.stride
+    kh, kw = ly.kernel
+    oh, ow = ly.out_hw
+    for i, name in enumerate(ly.srcs):
+        src = g.tensor(name)
+        if src.hw is None:
+            raise CompileError(f"{where}: source {name} is not a feature map")
+        if ly.act_unsigned[i] == src.signed:
+            raise CompileError(f"{where}: act_unsigned of {name} does not match the tensor")
+        hb, wb = src.buf_hw
+        y0, x0 = ly.origins[i]
+        if y0 < 0 or x0 < 0 or y0 + (oh - 1) * sy + kh > hb or x0 + (ow - 1) * sx + kw > wb:
+            raise CompileError(f"{where}: the window of {name} (origin {(y0, x0)}, kernel "
+                               f"{ly.kernel}, stride {ly.stride}, output {ly.out_hw}) leaves "
+                               f"its stored image {hb}x{wb}")
+    nb = layout.blocks(cfg, ly.n)
+    lo, hi = -(1 << (cfg.weight_bits - 1)), (1 << (cfg.weight_bits - 1)) - 1
+    if ly.tiles.ndim != 3 or ly.tiles.shape[1:] != (cfg.rows, cfg.cols):
+        raise CompileError(f"{where}: tiles must have shape (T, {cfg.rows}, {cfg.cols}), not "
+                           f"{ly.tiles.shape}")
+    if ly.tiles.size and (ly.tiles.min() < lo or ly.tiles.max() > hi):
+        raise CompileError(f"{where}: weight out of range for weight_bits={cfg.weight_bits}")
+    prev_n, seen = -1, set()
+    for tp in ly.taps:
+        if tp.n < prev_n:
+            raise CompileError(f"{where}: taps must be grouped by output block")
+        if tp.n != prev_n:
+            prev_n, seen, last = tp.n, set(), None
+        key = (tp.src, tp.k)
+        if key != last and key in seen:
+            raise CompileError(f"{where}: the taps of source block {key} in output block "
+                               f"{tp.n} are not consecutive")
+        seen.add(key)
+        last = key
+        src = g.tensor(ly.srcs[tp.src])
+        if not (0 <= tp.n < nb and 0 <= tp.k < layout.blocks(cfg, src.cols)
+                and 0 <= tp.ky < kh and 0 <= tp.kx < kw and 0 <= tp.tile < len(ly.tiles)
+                and 1 <= tp.mul <= 256):
+            raise CompileError(f"{where}: tap {tp} out of range")
+    if sorted({tp.n for tp in ly.taps}) != list(range(nb)):
+        raise CompileError(f"{where}: every output block needs at least one tap")
+    for name in ("bias", "mult", "shift"):
+        if getattr(ly, name).shape != (ly.n,):
+            raise CompileError(f"{where}: {name} must have shape ({ly.n},)")
+
+
+# -- tiling ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    pitch: int
+    hq: int
+    planes: tuple[tuple[int, int, int], ...]
+    slab_lines: int
+    acc_lines: int
+
+
+def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
+    sy, sx = ly.stride
+    used = sorted({(t.ky % sy, t.kx % sx) for t in ly.taps})
+    pitch = nc + max(t.kx // sx for t in ly.taps)
+    hq = nr + max(t.ky // sy for t in ly.taps)
+    planes = tuple((py, px, i * hq * pitch) for i, (py, px) in enumerate(used))
+    return _Geometry(pitch, hq, planes, len(used) * hq * pitch, (nr - 1) * pitch + nc)
+
+
+def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[int, int]:
+    """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile reads."""
+    sy, sx = ly.stride
+    ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
+    return nr + max(t.ky // sy for t in ph), nc + max(t.kx // sx for t in ph)
+
+
+def _splits(total: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def _slab_keys(ly: SpatialSpec, n: int | None = None) -> list[tuple[int, int]]:
+    keys = []
+    for t in ly.taps:
+        if (n is None or t.n == n) and (t.src, t.k) not in keys:
+            keys.append((t.src, t.k))
+    return keys
+
+
+def _stores_per_tile(g: GraphIR, ly: SpatialSpec, geo: _Geometry, nr: int, nc: int) -> int:
+    dst = g.tensor(ly.dst)
+    return 1 if geo.pitch == nc and dst.buf_hw[1] == nc else nr
+
+
+def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | None:
+    R, C, B = cfg.rows, cfg.cols, cfg.beat_bytes
+    lb = cfg.act_line_bits // cfg.bus_bits
+    wtb = cfg.weight_tile_beats
+    oh, ow = ly.out_hw
+    sx = ly.stride[1]
+    geo = _geometry(ly, nr, nc)
+    if geo.acc_lines > acc_cap or geo.slab_lines > cfg.act_depth \
+            or geo.slab_lines * lb > 1 << 16:
+        return None
+    nt = _ceil_div(oh, nr) * _ceil_div(ow, nc)
+    nb = layout.blocks(cfg, ly.n)
+    slots = cfg.act_depth // geo.slab_lines
+    keys = _slab_keys(ly)
+    resident = slots >= len(keys)
+    per_n = [len(_slab_keys(ly, n)) for n in range(nb)]
+    n_taps = len(ly.taps)
+    rows = geo.acc_lines
+    per_compute = max(rows, wtb + 3, _ceil_div(rows + R + C + 1, 2))
+    comp = nt * n_taps * per_compute
+    ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in geo.planes]
+    loads_per_slab = len(ext) if sx == 1 else sum(r for r, _ in ext)
+    beats_per_slab = sum(r * c for r, c in ext) * lb
+    slabs = nt * (len(keys) if resident else sum(per_n))
+    act = slabs * (beats_per_slab + _XFER * loads_per_slab)
+    n_tiles = len(ly.tiles)
+    w_res = n_tiles <= ring
+    n_w = n_tiles if w_res else nt * n_tiles
+    wload = n_w * wtb + _XFER * _ceil_div(n_w, wg)
+    spt = _stores_per_tile(g, ly, geo, nr, nc)
+    store = nt * nb * (spt * _XFER + nr * nc * lb + 4)
+    instrs = nt * n_taps + slabs * loads_per_slab + _ceil_div(n_w, wg) + nt * nb * spt
+    fetch = (2 + _XFER + _ceil_div(cfg.fetch_burst * 16, B) + cfg.fetch_burst) \
+        / cfg.fetch_burst
+    dispatch = int(instrs * fetch)
+    prologue = beats_per_slab + _XFER * loads_per_slab + min(wg, n_tiles) * wtb + 2 * _XFER
+    epilogue = R + C + spt * (nc * lb + _XFER)
+    cost = max(comp, act + wload, store, dispatch) + prologue + epilogue
+    if not (resident and slots >= 2 * len(keys)):
+        cost += (nt - 1) * max(0, beats_per_slab + _XFER * loads_per_slab - per_compute)
+    tile_time = max(1, len(ly.taps_of(0)) * per_compute)
+    drain = R + C + 2 + spt * (nc * lb + _XFER) + _XFER
+    buffers = min(cfg.acc_depth // rows,
+                  2 + _ceil_div(max(0, drain - tile_time), tile_time))
+    cost += nt * nb * max(0, drain - (buffers - 1) * tile_time)
+    return int(cost), dict(geo=geo, slots=slots, resident=resident, w_res=w_res,
+                           buffers=buffers, spt=spt, slabs=len(keys))
+
+
+def plan_spatial(t_cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
+                 weight_group: int, weight_slots: int, param_group: int,
+                 param_slots: int) -> SpatialTiling:
+    """Choose the output tiles of a spatial layer (see the module docstring)."""
+    cfg = t_cfg
+    oh, ow = ly.out_hw
+    acc_cap = cfg.acc_depth // 2
+    ring = weight_group * weight_slots
+    best = None
+    for n_tx in range(1, ow + 1):
+        nc = _ceil_div(ow, n_tx)
+        if n_tx > 1 and nc == _ceil_div(ow, n_tx - 1):
+            continue
+        for n_ty in range(1, oh + 1):
+            nr = _ceil_div(oh, n_ty)
+            if n_ty > 1 and nr == _ceil_div(oh, n_ty - 1):
+                continue
+            got = _spatial_cost(cfg, g, ly, nr, nc, weight_group, ring, acc_cap)
+            if got is not None and (best is None or got[0] < best[0]):
+                best = (got[0], nr, nc, got[1])
+        if best is not None and n_tx >= 2:
+            break
+    if best is None:
+        geo = _geometry(ly, 1, 1)
+        raise CompileError(f"{ly.name}: even a 1x1 output tile needs {geo.slab_lines} "
+                           f"activation lines (act_depth is {cfg.act_depth}) or "
+                           f"{geo.acc_lines} accumulator lines (half of acc_depth is "
+                           f"{acc_cap})")
+    cost, nr, nc, info = best
+    geo = info["geo"]
+    tiles = tuple((y0, r, x0, c) for y0, r in _splits(oh, nr) for x0, c in _splits(ow, nc))
+    nb = layout.blocks(cfg, ly.n)
+    n_stores = sum(nb * _stores_per_tile(g, ly, geo, r, c) for _, r, _, c in tiles)
+    return SpatialTiling(
+        layer=index, out_tiles=tiles, pitch=geo.pitch, planes=geo.planes,
+        slab_lines=geo.slab_lines, slabs=info["slabs"], act_slots=info["slots"],
+        act_resident=info["resident"], weight_resident=info["w_res"],
+        param_resident=nb <= param_group * param_slots, acc_buffers=info["buffers"],
+        acc_lines=geo.acc_lines, est_cycles=cost, n_computes=len(tiles) * len(ly.taps),
+        n_stores=n_stores)
+
+
+def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> None:
+    cfg = t.config
+    where = f"layer {lt.layer}"
+    oh, ow = ly.out_hw
+    covered = np.zeros((oh, ow), np.int64)
+    for y0, r, x0, c in lt.out_tiles:
+        if r < 1 or c < 1 or y0 < 0 or x0 < 0 or y0 + r > oh or x0 + c > ow:
+            raise CompileError(f"{where}: output tile {(y0, r, x0, c)} outside {oh}x{ow}")
+        covered[y0:y0 + r, x0:x0 + c] += 1
+        geo = _geometry(ly, r, c)
+        if geo.pitch > lt.pitch or (r - 1) * lt.pitch + c > lt.acc_lines:
+            raise CompileError(f"{where}: output tile {(y0, r, x0, c)} exceeds the pitch or "
+                               f"the accumulator buffer")
+        for py, px, off in lt.planes:
+            rows, cols = _phase_extent(ly, py, px, r, c)
+            if cols > lt.pitch or off + rows * lt.pitch > lt.slab_lines:
+                raise CompileError(f"{where}: phase plane {(py, px)} overruns the slab")
+    if not (covered == 1).all():
+        raise CompileError(f"{where}: output tiles do not cover the {oh}x{ow} output once")
+    if lt.act_slots * lt.slab_lines > cfg.act_depth or lt.act_slots < 1:
+        raise CompileError(f"{where}: activation slots exceed act_depth")
+    if lt.acc_buffers < 1 or lt.acc_buffers * lt.acc_lines > cfg.acc_depth:
+        raise CompileError(f"{where}: accumulator buffers exceed acc_depth")
+    if lt.act_resident and lt.act_slots < lt.slabs:
+        raise CompileError(f"{where}: resident slabs exceed the activation slots")
+    if lt.weight_resident and len(ly.tiles) > t.weight_group * t.weight_slots:
+        raise CompileError(f"{where}: resident weights exceed the weight ring")
+    if not lt.weight_resident:
+        order = [tp.tile for tp in ly.taps]
+        if order != sorted(order):
+            raise CompileError(f"{where}: streamed weight tiles must be used in order")
+
+
+# -- schedule -------------------------------------------------------------------------------
+
+
+def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling,
+                     wpos: int, ppos: int, tile_no: int) -> None:
+    """Append the loads, computes and stores of one spatial layer to ``bld``."""
+    cfg, g = t.config, t.graph
+    R, C, B = cfg.rows, cfg.cols, cfg.beat_bytes
+    lb = cfg.act_line_bits // cfg.bus_bits
+    wtb = cfg.weight_tile_beats
+    pline = C * layout.PARAM_BYTES
+    sy, sx = ly.stride
+    pitch = lt.pitch
+    srcs = [g.tensor(s) for s in ly.srcs]
+    dst = g.tensor(ly.dst)
+    dst_mp = layout.padded_rows(cfg, dst.rows)
+    src_written = [bld.written[s] for s in ly.srcs]
+    dst_written = bld.written[ly.dst]
+    li = lt.layer
+    first = len(bld.computes)
+    bld.layer_first.append(first)
+    nb = layout.blocks(cfg, ly.n)
+    wg, n_tiles = t.weight_group, len(ly.tiles)
+    pg = t.param_group
+    p_groups = _ceil_div(nb, pg)
+    plane_of = {(py, px): off for py, px, off in lt.planes}
+    taps_by_n = [ly.taps_of(n) for n in range(nb)]
+    keys_all = _slab_keys(ly)
+    double = lt.act_resident and lt.act_slots >= 2 * len(keys_all)
+    state = dict(apos=0, wpos=wpos, ppos=ppos)
+    w_slot: dict[int, int] = {}
+    p_slot: dict[int, int] = {}
+    slab_at: dict[tuple, int] = {}
+    tile_first: list[int] = []
+
+    def load_slab(ti: int, tile, si: int, k: int, ci: int, early: int | None) -> int:
+        slot = state["apos"] % lt.act_slots
+        state["apos"] += 1
+        line0 = slot * lt.slab_lines
+        blocker = int(bld.act_use[line0:line0 + lt.slab_lines].max())
+        src = srcs[si]
+        wb = src.buf_hw[1]
+        base = k * layout.padded_rows(cfg, src.rows)
+        flat_written = src_written[si][k]
+        y0, nr, x0, nc = tile
+        oy, ox = ly.origins[si]
+        r0, c0 = oy + y0 * sy, ox + x0 * sx
+        for py, px, off in lt.planes:
+            rows, cols = _phase_extent(ly, py, px, nr, nc)
+            first_line = (r0 + py) * wb + c0 + px
+            if sx == 1:
+                transfers = [(first_line, off, dict(rows=rows, row_beats=cols * lb,
+                                                    stride=sy * wb * R),
+                              (first_line + sy * wb * np.arange(rows)[:, None]
+                               + np.arange(cols)[None, :]))]
+            else:
+                transfers = [(first_line + i * sy * wb, off + i * pitch,
+                              dict(rows=cols, row_beats=lb, stride=sx * R),
+                              first_line + i * sy * wb + sx * np.arange(cols))
+                             for i in range(rows)]
+            for dline, sp_line, shape, lines in transfers:
+                sb = int(flat_written[lines.reshape(-1)].max())
+                op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=(line0 + sp_line) * lb,
+                             dram_addr=(base + dline) * R, region=src.name,
+                             note=f"{ly.name} slab t{ti} {ly.srcs[si]}[{k}] phase "
+                                  f"{py},{px}", **shape)
+                bld.add_load(op, ci, 1, max(blocker, sb), sb, early=early)
+        return line0
+
+    def load_weights(grp: int, ci: int) -> None:
+        slot = state["wpos"] % t.weight_slots
+        state["wpos"] += 1
+        count = min(wg, n_tiles - grp * wg)
+        w0 = slot * wg * wtb
+        blocker = int(bld.w_use[w0:w0 + wg * wtb].max())
+        op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
+                     row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
+                     region=f"w{li}", note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
+        bld.add_load(op, ci, 0, blocker, -1)
+        w_slot[grp] = slot
+
+    def load_params(grp: int, key: int) -> None:
+        slot = state["ppos"] % t.param_slots
+        state["ppos"] += 1
+        count = min(pg, nb - grp * pg)
+        line0 = slot * pg
+        blocker = int(bld.p_use[line0:line0 + pg].max())
+        if pline >= B:
+            shape = dict(rows=count, row_beats=pline // B, stride=pline)
+        else:
+            shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
+        op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
+                     dram_addr=grp * pg * pline, region=f"p{li}",
+                     note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
+        bld.add_load(op, key, 2, blocker, blocker)
+        p_slot[grp] = slot
+
+    if lt.param_resident:
+        for grp in range(p_groups):
+            load_params(grp, first)
+    for ti, tile in enumerate(lt.out_tiles):
+        tile_first.append(len(bld.computes))
+        if not lt.weight_resident:
+            w_slot.clear()
+        if not lt.param_resident:
+            p_slot.clear()
+        y0, nr, x0, nc = tile
+        rows = (nr - 1) * pitch + nc
+        for n in range(nb):
+            buf = tile_no % lt.acc_buffers
+            tile_no += 1
+            acc0 = buf * lt.acc_lines
+            for j, tp in enumerate(taps_by_n[n]):
+                ci = len(bld.computes)
+                key = (ti, None if lt.act_resident else n, tp.src, tp.k)
+                if key not in slab_at:
+                    early = None
+                    if double and ti:
+                        idx = keys_all.index((tp.src, tp.k))
+                        early = tile_first[ti - 1] + idx * len(ly.taps) // len(keys_all)
+                    slab_at[key] = load_slab(ti, tile, tp.src, tp.k, ci, early)
+                grp = tp.tile // wg
+                if grp not in w_slot:
+                    load_weights(grp, ci)
+                word = (w_slot[grp] * wg + tp.tile - grp * wg) * wtb
+                line = slab_at[key] + plane_of[(tp.ky % sy, tp.kx % sx)] \
+                    + (tp.ky // sy) * pitch + tp.kx // sx
+                op = Op.make(Opcode.COMPUTE, act_addr=line, weight_addr=word, acc_addr=acc0,
+                             rows=rows, accumulate=int(j > 0),
+                             act_unsigned=int(ly.act_unsigned[tp.src]), mul_m1=tp.mul - 1,
+                             acc_max=int(ly.acc_max and j > 0),
+                             note=f"{ly.name} t{ti} n{n} {ly.srcs[tp.src]}[{tp.k}] "
+                                  f"tap {tp.ky},{tp.kx}")
+                bld.computes.append((op, li))
+                bld.act_use[line:line + rows] = ci
+                bld.w_use[word:word + wtb] = ci
+            ci = len(bld.computes) - 1
+            pgrp = n // pg
+            if pgrp not in p_slot:
+                load_params(pgrp, ci)
+            pline_no = p_slot[pgrp] * pg + n - pgrp * pg
+            merged = pitch == nc and dst.buf_hw[1] == nc
+            spans = [(0, nr * nc)] if merged else [(r * pitch, nc) for r in range(nr)]
+            ops = []
+            for i, (a0, count) in enumerate(spans):
+                line = dst.line(y0 + (0 if merged else i), x0)
+                ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + a0, rows=count,
+                                   param_addr=pline_no, relu=int(ly.relu),
+                                   out_bits=ly.out_bits, out_unsigned=int(ly.out_unsigned),
+                                   dram_addr=(n * dst_mp + line) * C, region=ly.dst,
+                                   note=f"{ly.name} t{ti} n{n} row {y0 + i}"))
+                dst_written[n, line:line + count] = ci
+            bld.stores.setdefault(ci, []).extend(ops)
+            bld.p_use[pline_no] = ci
+    bld.state = (state["wpos"], state["ppos"], tile_no)
+
+
+# -- program inputs and outputs -------------------------------------------------------------
+
+
+def _io(program) -> dict:
+    try:
+        return program.meta["network"]
+    except KeyError:
+        raise ValueError("program was not compiled by compile_network (no meta['network'])") \
+            from None
+
+
+def _im2col(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    kh, kw = kernel
+    sy, sx = stride
+    t, b, lf, r = padding
+    xp = np.pad(x, ((t, b), (lf, r), (0, 0)))
+    oh = (xp.shape[0] - kh) // sy + 1
+    ow = (xp.shape[1] - kw) // sx + 1
+    cols = [xp[ky:ky + sy * (oh - 1) + 1:sy, kx:kx + sx * (ow - 1) + 1:sx, :]
+            for ky in range(kh) for kx in range(kw)]
+    return np.concatenate(cols, axis=2)
+
+
+def pack_inputs(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Network input values (maps ``(H, W, C)``, flat ``(N, F)``) as the program's 2-D input
+    tensors: maps padded with their zero border (or unfolded for ``host_im2col``)."""
+    io = _io(program)["inputs"]
+    out = {}
+    for name, d in io.items():
+        if name not in inputs:
+            raise ValueError(f"input {name!r} is missing; inputs are {', '.join(io)}")
+        x = np.asarray(inputs[name], dtype=np.int64)
+        if "im2col" in d:
+            m = d["im2col"]
+            if list(x.shape) != m["image"]:
+                raise ValueError(f"input {name!r} must have shape {tuple(m['image'])}, not "
+                                 f"{x.shape}")
+            x = _im2col(x, m["kernel"], m["stride"], m["padding"])
+        if len(d["shape"]) == 3:
+            if list(x.shape) != d["shape"]:
+                raise ValueError(f"input {name!r} must have shape {tuple(d['shape'])}, not "
+                                 f"{x.shape}")
+            t, b, lf, r = d["border"]
+            x = np.pad(x, ((t, b), (lf, r), (0, 0))).reshape(-1, x.shape[2])
+        out[name] = x
+    return out
+
+
+def unpack_outputs(program, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The program's 2-D outputs as network values (maps without their border)."""
+    out = {}
+    for name, d in _io(program)["outputs"].items():
+        y = np.asarray(outputs[name])
+        if "flatten_of" in d:
+            h, w, c = d["flatten_of"]["shape"]
+            t, b, lf, r = d["flatten_of"]["border"]
+            hb, wb = h + t + b, w + lf + r
+            R = program.config.rows
+            nb = -(-c // R)
+            img = y.reshape(nb, hb * wb, R)[:, :, :].transpose(1, 0, 2).reshape(hb, wb, nb * R)
+            y = img[t:t + h, lf:lf + w, :c].reshape(1, -1)
+        elif len(d["shape"]) == 3:
+            h, w, c = d["shape"]
+            t, b, lf, r = d["border"]
+            y = y.reshape(h + t + b, w + lf + r, c)[t:t + h, lf:lf + w]
+        out[name] = y
+    return out
