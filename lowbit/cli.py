@@ -63,6 +63,12 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines) if lines else type(exc).__name__
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an output path that cannot be a file before doing any work."""
+    if path is not None and path != "-" and Path(path).is_dir():
+        raise IsADirectoryError(21, "output path is a directory", path)
+
+
 def _load_program(path: str):
     from .program import Program
 
@@ -170,6 +176,7 @@ def cmd_verilog(args) -> int:
     from .hw.top import generate_verilog
 
     cfg = load_config(args.config)
+    _check_output(args.output)
     text = generate_verilog(cfg)
     atomic_write(args.output, text)
     _say(f"wrote {args.output} ({text.count(chr(10))} lines, config {cfg.name})")
@@ -199,6 +206,7 @@ def cmd_isa_doc(args) -> int:
 
 def cmd_compile_gemm(args) -> int:
     cfg = load_config(args.config)
+    _check_output(args.output)
     m, k, n = args.shape
     for name, value in (("M", m), ("K", k), ("N", n)):
         if value < 1:
@@ -220,6 +228,7 @@ def cmd_run(args) -> int:
 
     if args.waves and args.backend != "rtl":
         raise ValueError("--waves needs --backend rtl")
+    _check_output(args.output)
     program = _load_program(args.program)
     inputs, source = _load_inputs(program, args.input, args.seed)
     _say(_describe_program(program, args.program), f"  inputs   {source}")
