@@ -17,8 +17,8 @@ from .targets import (
     DSP_CHOICES,
     TOPS,
     Board,
-    BoardError,
     Resources,
+    UnknownBoardError,
     get_board,
     list_boards,
     render_table,
@@ -26,5 +26,5 @@ from .targets import (
 
 # Nothing here imports Amaranth (the build imports it when it runs), so ``lowbit --help``
 # stays fast.
-__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BoardError", "BuildError", "BuildReport",
+__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "UnknownBoardError", "BuildError", "BuildReport",
            "Resources", "build", "build_dir_for", "get_board", "list_boards", "render_table"]

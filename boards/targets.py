@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from lowbit.report import format_table
 
-__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BoardError", "Resources", "get_board",
+__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "UnknownBoardError", "Resources", "get_board",
            "list_boards", "render_table"]
 
 #: What a build synthesizes (see :mod:`lowbit.boards.wrapper`).
@@ -32,7 +32,7 @@ TOPS = ("accel", "array", "board")
 DSP_CHOICES = ("auto", "on", "off")
 
 
-class BoardError(ValueError):
+class UnknownBoardError(ValueError):
     """An unknown board name."""
 
 
@@ -151,7 +151,7 @@ def get_board(name: str | Board) -> Board:
     try:
         return BOARDS[name]
     except (KeyError, TypeError):
-        raise BoardError(f"unknown board {name!r}; boards are "
+        raise UnknownBoardError(f"unknown board {name!r}; boards are "
                          f"{', '.join(BOARDS)}") from None
 
 

@@ -18,9 +18,9 @@ import pytest
 from lowbit.boards import (
     BOARDS,
     Board,
-    BoardError,
     BuildError,
     BuildReport,
+    UnknownBoardError,
     build,
     build_dir_for,
     get_board,
@@ -62,10 +62,10 @@ def test_board_names_and_order():
 
 
 def test_unknown_board_is_one_line_value_error():
-    with pytest.raises(BoardError, match=r"^unknown board 'de10'; boards are icebreaker, "
+    with pytest.raises(UnknownBoardError, match=r"^unknown board 'de10'; boards are icebreaker, "
                                          r"ulx3s-85f, arty-a7-35, pynq-z2$"):
         get_board("de10")
-    assert issubclass(BoardError, ValueError)
+    assert issubclass(UnknownBoardError, ValueError)
 
 
 @pytest.mark.parametrize("name, family, part, logic, ffs, dsps, brams, kbits, spram, mhz", [
@@ -247,7 +247,7 @@ def test_bad_arguments(tmp_path):
         build("icebreaker", TINY, out_dir=tmp_path, dsp="yes")
     with pytest.raises(ValueError, match="^seed must be a non-negative integer, not -1$"):
         build("icebreaker", TINY, out_dir=tmp_path, seed=-1)
-    with pytest.raises(BoardError):
+    with pytest.raises(UnknownBoardError):
         build("nope", TINY, out_dir=tmp_path)
 
 
