@@ -15,6 +15,7 @@ from collections import defaultdict
 import pytest
 from fixtures.copy_engine import COPY_OFFSET, MAX_BURST, copy_engine_verilog
 
+from lowbit.isa import ID_VALUE
 from lowbit.sim.axi_mem import AxiMemModel, AxiPortModel, AxiProtocolError
 from lowbit.sim.rtl import RtlError, build_top, run_top
 from lowbit.sim.toolchain import VerilatorLintError, lint_verilog, verilator_env
@@ -280,7 +281,7 @@ def test_copy_engine_copies_exactly(rtl_cache):
     expect[dst:dst + len(data)] = data
     assert run.mem == expect                     # nothing else written
     regs, c = run.registers, run.counters
-    assert regs["ID"] == 0x4C420001 and regs["INSTRS"] == beats and regs["STATUS"] == 2
+    assert regs["ID"] == ID_VALUE and regs["INSTRS"] == beats and regs["STATUS"] == 2
     n_bursts = len(bursts(addr, beats, bb))
     assert (c["imem_read_bytes"], c["imem_read_bursts"]) == (beats * bb, n_bursts)
     assert (c["dram_write_bytes"], c["dram_write_bursts"]) == (beats * bb, n_bursts)
