@@ -26,5 +26,6 @@ from .targets import (
 
 # Nothing here imports Amaranth (the build imports it when it runs), so ``lowbit --help``
 # stays fast.
-__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "UnknownBoardError", "BuildError", "BuildReport",
-           "Resources", "build", "build_dir_for", "get_board", "list_boards", "render_table"]
+__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BuildError", "BuildReport", "Resources",
+           "UnknownBoardError", "build", "build_dir_for", "get_board", "list_boards",
+           "render_table"]
