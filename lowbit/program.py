@@ -176,6 +176,16 @@ class Program:
             raise ProgramError(f"{source} is corrupt: checksum mismatch "
                                f"(truncated or modified)")
         try:
+            return cls._from_header(header, body, source)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ProgramError):
+                raise
+            raise ProgramError(f"{source} has a corrupt header ({type(exc).__name__}: "
+                               f"{exc})") from None
+
+    @classmethod
+    def _from_header(cls, header: dict, body: bytes, source: str) -> Program:
+        try:
             config = AccelConfig.from_dict(header["config"])
         except ConfigError as exc:
             raise ProgramError(f"{source} has an invalid config: {exc}") from None
