@@ -581,13 +581,23 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     taps_by_n = [ly.taps_of(n) for n in range(nb)]
     keys_all = _slab_keys(ly)
     double = lt.act_resident and lt.act_slots >= 2 * len(keys_all)
-    state = dict(apos=0, wpos=wpos, ppos=ppos)
+    state = dict(apos=0, wpos=wpos, ppos=ppos, xfer=0)
     w_slot: dict[int, int] = {}
     p_slot: dict[int, int] = {}
     slab_at: dict[tuple, int] = {}
     tile_first: list[int] = []
 
-    def load_slab(ti: int, tile, si: int, k: int, ci: int, early: int | None) -> int:
+    def ahead(ci: int, beats: int, loads: int, rows: int) -> int:
+        """An early position for a load of ``beats`` beats in ``loads`` transfers due at
+        compute ``ci``: enough computes of ``rows`` lines before it to hide the transfer."""
+        return max(0, ci - 1 - _ceil_div(beats + _XFER * loads, max(rows, wtb + 3)))
+
+    def transfers_of(tile) -> int:
+        _, nr, _, nc = tile
+        ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
+        return len(ext) if sx == 1 else sum(r for r, _ in ext)
+
+    def load_slab(ti: int, tile, si: int, k: int, ci: int, spread: bool) -> int:
         slot = state["apos"] % lt.act_slots
         state["apos"] += 1
         line0 = slot * lt.slab_lines
@@ -599,6 +609,9 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         y0, nr, x0, nc = tile
         oy, ox = ly.origins[si]
         r0, c0 = oy + y0 * sy, ox + x0 * sx
+        ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
+        early = ahead(ci, sum(r * c for r, c in ext) * lb, transfers_of(tile),
+                      (nr - 1) * pitch + nc)
         for py, px, off in lt.planes:
             rows, cols = _phase_extent(ly, py, px, nr, nc)
             first_line = (r0 + py) * wb + c0 + px
@@ -613,6 +626,12 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                               first_line + i * sy * wb + sx * np.arange(cols))
                              for i in range(rows)]
             for dline, sp_line, shape, lines in transfers:
+                if spread:
+                    # the next tile's transfers, one by one, evenly over this tile's computes
+                    # (a burst would fill the load queue and stall dispatch)
+                    early = tile_first[ti - 1] + state["xfer"] * len(ly.taps) \
+                        // (len(keys_all) * transfers_of(tile))
+                    state["xfer"] += 1
                 sb = int(flat_written[lines.reshape(-1)].max())
                 op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=(line0 + sp_line) * lb,
                              dram_addr=(base + dline) * R, region=src.name,
@@ -621,7 +640,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                 bld.add_load(op, ci, 1, max(blocker, sb), sb, early=early)
         return line0
 
-    def load_weights(grp: int, ci: int) -> None:
+    def load_weights(grp: int, ci: int, rows: int) -> None:
         slot = state["wpos"] % t.weight_slots
         state["wpos"] += 1
         count = min(wg, n_tiles - grp * wg)
@@ -630,7 +649,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
                      row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
                      region=f"w{li}", note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
-        bld.add_load(op, ci, 0, blocker, -1)
+        bld.add_load(op, ci, 0, blocker, -1, early=ahead(ci, count * wtb, 1, rows))
         w_slot[grp] = slot
 
     def load_params(grp: int, key: int) -> None:
@@ -654,6 +673,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
             load_params(grp, first)
     for ti, tile in enumerate(lt.out_tiles):
         tile_first.append(len(bld.computes))
+        state["xfer"] = 0
         if not lt.weight_resident:
             w_slot.clear()
         if not lt.param_resident:
@@ -668,14 +688,10 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                 ci = len(bld.computes)
                 key = (ti, None if lt.act_resident else n, tp.src, tp.k)
                 if key not in slab_at:
-                    early = None
-                    if double and ti:
-                        idx = keys_all.index((tp.src, tp.k))
-                        early = tile_first[ti - 1] + idx * len(ly.taps) // len(keys_all)
-                    slab_at[key] = load_slab(ti, tile, tp.src, tp.k, ci, early)
+                    slab_at[key] = load_slab(ti, tile, tp.src, tp.k, ci, double and ti > 0)
                 grp = tp.tile // wg
                 if grp not in w_slot:
-                    load_weights(grp, ci)
+                    load_weights(grp, ci, rows)
                 word = (w_slot[grp] * wg + tp.tile - grp * wg) * wtb
                 line = slab_at[key] + plane_of[(tp.ky % sy, tp.kx % sx)] \
                     + (tp.ky // sy) * pitch + tp.kx // sx

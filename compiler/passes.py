@@ -532,7 +532,12 @@ def _interleave(bld: _Builder) -> list[Op]:
     layer_first = bld.layer_first
     ops: list[Op] = []
     li = 0
+    held: list[_Load] = []    # read what the current layer stores: placed only when due
     for ci, (cop, layer) in enumerate(bld.computes):
+        if held:
+            ready = [ld for ld in held if ld.due <= ci or ld.store_blocker < layer_first[layer]]
+            held = [ld for ld in held if ld not in ready]
+            ops.extend(ld.op for ld in ready)
         while li < len(loads):
             ld = loads[li]
             if ld.key > ci + LOOKAHEAD or ld.blocker >= ci:
@@ -540,13 +545,14 @@ def _interleave(bld: _Builder) -> list[Op]:
                     raise CompileError(f"internal: load {ld.op.render()} is due at compute "
                                        f"{ci} but waits for position {ld.blocker}")
                 break
-            if ld.due > ci and ld.store_blocker >= layer_first[layer]:
-                break     # reads what this layer stores: place it only when due
-            ops.append(ld.op)
             li += 1
+            if ld.due > ci and ld.store_blocker >= layer_first[layer]:
+                held.append(ld)
+                continue
+            ops.append(ld.op)
         ops.append(cop)
         ops.extend(bld.stores.get(ci, ()))
-    if li != len(loads):
+    if li != len(loads) or held:
         raise CompileError("internal: loads left after the last compute")
     return ops
 
