@@ -11,6 +11,7 @@ Subcommands::
     lowbit cosim PROG [--input x.npy]
     lowbit sweep SPEC [--out DIR] [--scheduler ADDR] [--workers N]   (see lowbit.sweep.cli)
     lowbit boards [--json] | lowbit build --board NAME [--config CFG] ...  (lowbit.boards.cli)
+    lowbit zoo [--json] | lowbit zoo run MODEL [--config CFG]    (lowbit.compiler.zoo)
 
 ``CFG`` is a preset name (``lowbit config --list``) or a ``.json``/``.toml`` file. Errors in
 what the user gave (a bad config, program, instruction, value or path) print one line
@@ -372,12 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.set_defaults(func=cmd_cosim)
 
-    # Subcommands that live with their packages: ``sweep`` (lowbit.sweep.cli) and
-    # ``boards``/``build`` (lowbit.boards.cli). Each module's ``register_cli(subparsers)``
-    # adds its own; a package that cannot be imported just leaves its commands out.
+    # Subcommands that live with their packages: ``sweep`` (lowbit.sweep.cli),
+    # ``boards``/``build`` (lowbit.boards.cli) and ``zoo`` (lowbit.compiler.zoo). Each
+    # module's ``register_cli(subparsers)`` adds its own; a package that cannot be imported
+    # just leaves its commands out.
     import importlib
 
-    for module in ("lowbit.sweep.cli", "lowbit.boards.cli"):
+    for module in ("lowbit.sweep.cli", "lowbit.boards.cli", "lowbit.compiler.zoo"):
         try:
             register = importlib.import_module(module).register_cli
         except ImportError:  # pragma: no cover - package or optional dependency missing
