@@ -2,6 +2,7 @@
 and a brute-force Pareto front, resumption after SIGKILL, and the Dask path on a real
 ``distributed.LocalCluster`` giving the local path's results byte for byte."""
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -29,7 +30,6 @@ from lowbit.sweep import (
     parse_spec,
     run_sweep,
 )
-from lowbit.sweep.resources import memories
 from lowbit.sweep.worker import DELAY_ENV
 
 # Three array sizes (3x3 is invalid), two weight widths: 6 configs, 4 valid; two workloads.
@@ -237,10 +237,12 @@ def test_analytic_resources():
     res = analytic_resources(base)
     assert res.source == "analytic" and res.fmax_mhz is None
     assert min(res.lut, res.ff, res.dsp, res.bram, res.bram_bits) > 0
-    # Memory bits are exactly what the generator instantiates.
-    assert memories(base)["acc"] == (16 * 32, 1024, 2)
-    assert res.bram_bits == sum(w * d * c for w, d, c in memories(base).values())
+    # Memory bits are exactly what the generator instantiates: activation, weight and
+    # parameter scratchpads, and two copies of the accumulator memory.
     assert res.bram_bits == (4096 * 128 + 32 * 8 * 128 + 64 * 1024 + 2 * 1024 * 512)
+    # 18-Kbit blocks: 4096x128 -> 2 x 15 (2048x9), 256x128 -> 4 (512x36), 64x1024 -> 29
+    # (512x36), 1024x512 -> 29 (1024x18), twice.
+    assert res.bram == 30 + 4 + 29 + 2 * 29
     # Monotone in the array size and the weight width; DSPs follow the columns.
     grow = [analytic_resources(base.replace(rows=n, cols=n)) for n in (4, 8, 16, 32)]
     assert all(a.lut < b.lut and a.ff < b.ff for a, b in itertools.pairwise(grow))
@@ -375,7 +377,7 @@ def store_count(path: Path) -> int:
     if not path.is_file():
         return 0
     try:
-        with sqlite3.connect(path, timeout=5) as db:
+        with contextlib.closing(sqlite3.connect(path, timeout=5)) as db:
             return db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
     except sqlite3.OperationalError:        # tables not created yet
         return 0

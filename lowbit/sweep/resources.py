@@ -27,14 +27,13 @@ from pathlib import Path
 from lowbit.config import AccelConfig
 
 __all__ = [
-    "BRAM_ASPECTS",
     "BUILTIN_MODELS",
     "Resources",
     "ResourceModel",
     "analytic_resources",
     "check_resource_model",
     "known_boards",
-    "memories",
+    "memory_bits",
     "pnr_resources",
     "resolve_resource_model",
     "resources_from_report",
@@ -60,36 +59,23 @@ class Resources:
 
 ResourceModel = Callable[..., "Resources | dict"]
 
-#: Block RAM aspect ratios (depth, width) of an 18-Kbit block (ECP5 DP16KD, Xilinx
-#: RAMB18, Gowin BSRAM); a memory takes the cheapest of them.
-BRAM_ASPECTS = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
-
 # Analytic-model constants (see docs/sweep.md). Control: fetch/dispatch, decoders, the
-# three units' sequencers, AXI masters and CSRs, independent of the array.
-_CONTROL_LUT, _CONTROL_FF = 2000, 1500
+# three units' sequencers, AXI masters, CSRs and the build wrapper, independent of the array;
+# set from one ECP5 build of the tiny preset at weight_bits=2 (9200 LUT4s, of which the array,
+# accumulators, store unit, queues and bus datapath the model counts below are about 2300).
+_CONTROL_LUT, _CONTROL_FF = 7000, 1500
 _STORE_MULT_BITS = 16           # post-processing multiplier width (lowbit.layout.MULT_BITS)
 _STORE_SHIFT_LEVELS = 6         # rounding shift amount 0..63
 _DSP_WIDTH = 18                 # one DSP multiplies 18 x 18
+#: The analytic model counts block RAMs of this family's 18-Kbit blocks.
+_BRAM_FAMILY = "ecp5"
 
 
-def memories(cfg: AccelConfig) -> dict[str, tuple[int, int, int]]:
-    """``{name: (width, depth, copies)}`` of the block memories the generator instantiates
-    (``lowbit.hw.top``). The accumulator has two read ports (read-modify-write and store)
-    besides its write port, which block RAMs provide by keeping two copies."""
-    def line_memory(line_bits: int, lines: int) -> tuple[int, int, int]:
-        word = max(line_bits, cfg.bus_bits)
-        return word, lines * line_bits // word, 1
+def memory_bits(cfg: AccelConfig) -> int:
+    """Bits of the accelerator's on-chip memories (``lowbit.boards.estimate.memories``)."""
+    from lowbit.boards.estimate import memories
 
-    return {
-        "act": line_memory(cfg.act_line_bits, cfg.act_depth),
-        "weight": line_memory(cfg.bus_bits, cfg.weight_words),
-        "param": line_memory(cfg.param_line_bits, cfg.param_depth),
-        "acc": (cfg.cols * cfg.acc_bits, cfg.acc_depth, 2),
-    }
-
-
-def _bram_blocks(width: int, depth: int) -> int:
-    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in BRAM_ASPECTS)
+    return sum(m.bits for m in memories(cfg))
 
 
 def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
@@ -124,12 +110,13 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     queue_lut = 3 * 128 * math.ceil(cfg.queue_depth / 16)
     # Bus-wide datapath: DMA width conversion muxes and beat registers.
     bus_lut, bus_ff = 4 * cfg.bus_bits, 3 * cfg.bus_bits
-    mems = memories(cfg)
-    bram = sum(copies * _bram_blocks(w, d) for w, d, copies in mems.values())
-    bram_bits = sum(copies * w * d for w, d, copies in mems.values())
+    from lowbit.boards.estimate import bram_blocks, memories
+
+    bram = sum(m.copies * int(bram_blocks(_BRAM_FAMILY, m.depth, m.width))
+               for m in memories(cfg))
     lut = r * c * pe_lut + accum_lut + store_lut + queue_lut + bus_lut + _CONTROL_LUT
     ff = r * c * pe_ff + skew_ff + accum_ff + store_ff + bus_ff + _CONTROL_FF
-    return Resources(lut=lut, ff=ff, dsp=dsp, bram=bram, bram_bits=bram_bits,
+    return Resources(lut=lut, ff=ff, dsp=dsp, bram=bram, bram_bits=memory_bits(cfg),
                      fmax_mhz=None, source="analytic")
 
 
@@ -156,9 +143,8 @@ def resources_from_report(report, *, cfg: AccelConfig) -> Resources:
         value = entry["used"]
         return int(value) if float(value).is_integer() else float(value)
 
-    bram_bits = sum(copies * w * d for w, d, copies in memories(cfg).values())
     return Resources(lut=used("logic"), ff=used("ffs"), dsp=used("dsps"), bram=used("bram"),
-                     bram_bits=bram_bits, fmax_mhz=report.fmax_mhz,
+                     bram_bits=memory_bits(cfg), fmax_mhz=report.fmax_mhz,
                      source=f"pnr:{report.board}:{report.resource_source}")
 
 

@@ -92,19 +92,30 @@ def _run_inline(tasks, contexts) -> Iterator[tuple[int, DesignResult]]:
 
 def _run_pool(tasks, contexts, workers: int) -> Iterator[tuple[int, DesignResult]]:
     import multiprocessing
+    import pickle
+    import tempfile
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from .worker import init_worker, pool_entry
 
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(contexts,))
+    # The contexts (the digits training data, ~1 MB) go through a file, not the spawn pipe:
+    # a worker that dies while starting (say, an import error) would otherwise leave the
+    # parent blocked forever writing its start-up data.
+    fd, path = tempfile.mkstemp(prefix="lowbit-sweep-", suffix=".pkl")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(contexts, f, protocol=pickle.HIGHEST_PROTOCOL)
+    pool = None
     try:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(path,))
         futures = {pool.submit(pool_entry, task): i for i, task in enumerate(tasks)}
         for future in as_completed(futures):
             yield futures[future], future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        os.unlink(path)
 
 
 def _connect(address: str):

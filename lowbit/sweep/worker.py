@@ -98,8 +98,13 @@ _CONTEXTS: dict = {}
 _QUANTIZED: dict = {}
 
 
-def init_worker(contexts: dict) -> None:
-    """Process-pool initializer: keep the contexts for every task of this process."""
+def init_worker(path: str) -> None:
+    """Process-pool initializer: load the contexts (pickled by the parent into ``path``)
+    for every task of this process."""
+    import pickle
+
+    with open(path, "rb") as f:
+        contexts = pickle.load(f)
     _CONTEXTS.clear()
     _CONTEXTS.update(contexts)
 
