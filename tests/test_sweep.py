@@ -106,6 +106,21 @@ clock_mhz = [50, 75, 100]
     assert len({p.key for p in points}) == 18
 
 
+def test_point_keys_follow_the_code(monkeypatch):
+    """Stored results are reused only while the sources that compute them are unchanged."""
+    import lowbit.sweep.spec as spec_module
+
+    text = "[vary]\nweight_bits = [2, 4]" + GEMM
+    assert len(spec_module.code_digest()) == 16
+    monkeypatch.setattr(spec_module, "code_digest", lambda: "old")
+    old = spec_of(text).points()
+    monkeypatch.setattr(spec_module, "code_digest", lambda: "new")
+    new = spec_of(text).points()
+    assert all(a.key != b.key and a.design != b.design for a, b in zip(old, new, strict=True))
+    monkeypatch.setattr(spec_module, "code_digest", lambda: "old")
+    assert [p.key for p in spec_of(text).points()] == [p.key for p in old]
+
+
 def test_spec_workloads_and_defaults(tmp_path):
     from lowbit.compiler import compile_gemm
 

@@ -77,8 +77,6 @@ def build_rows(spec, points, results: dict, resources: dict, resource_errors: di
     and ``resource_errors[design]`` by design key, ``crashes[key]`` this run's crashes."""
     from lowbit.config import AccelConfig
 
-    from .spec import design_key
-
     wl_pos = {wl.name: i for i, wl in enumerate(spec.workloads)}
     board_pos = {b: i for i, b in enumerate(spec.boards)}
     keyed = []
@@ -93,7 +91,7 @@ def build_rows(spec, points, results: dict, resources: dict, resource_errors: di
         else:
             cfg = AccelConfig.from_dict(p.config)
             row["config"] = cfg.name
-            design = design_key(p.config, p.board, resources=spec.resources)
+            design = p.design
             res = resources.get(design)
             if p.key in crashes:
                 result = crashes[p.key]

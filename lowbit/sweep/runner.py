@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .report import build_rows, summary_text, write_outputs
-from .spec import SweepSpec, design_key, load_spec
+from .spec import SweepSpec, load_spec
 from .store import Store
 from .worker import DesignResult, DesignTask, compute_design, prepare_contexts
 
@@ -171,7 +171,7 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
         results = store.get_points(p.key for p in valid)
         designs: dict[str, dict] = {}
         for p in valid:
-            dk = design_key(p.config, p.board, resources=spec.resources)
+            dk = p.design
             d = designs.setdefault(dk, {"config": p.config, "board": p.board, "points": []})
             if p.key not in results:
                 d["points"].append((p.key, p.workload))

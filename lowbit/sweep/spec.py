@@ -29,6 +29,7 @@ __all__ = [
     "SweepSpecError",
     "Workload",
     "WORKLOAD_KINDS",
+    "code_digest",
     "design_key",
     "load_spec",
     "parse_spec",
@@ -188,7 +189,8 @@ class Point:
     config: dict                    # every field (base + params), as given
     workload: Workload
     board: str | None
-    key: str
+    key: str                        # results stored under this (see point_key)
+    design: str                     # resources stored under this (see design_key)
     error: str | None = None        # the ConfigError message of an invalid config
 
     @property
@@ -196,18 +198,43 @@ class Point:
         return self.error is None
 
 
+def code_digest() -> str:
+    """A hash of the sources that compute a point's results: config, ISA, layouts, program
+    checks, executors, the compiler, the reference and cycle simulators, the PE (its
+    activation width), the memory list of ``lowbit.boards.estimate``, the analytic resource
+    model and this package's worker. Stored results are reused only while these
+    are unchanged (a compiler change alters cycle counts within one lowbit version)."""
+    import importlib.util
+
+    def folder(package: str) -> Path:
+        return Path(importlib.util.find_spec(package).submodule_search_locations[0])
+
+    top = folder("lowbit")
+    files = [top / f"{n}.py" for n in ("config", "isa", "layout", "program", "checks",
+                                       "executors", "timing")]
+    files += sorted(folder("lowbit.compiler").glob("*.py"))
+    files += [folder("lowbit.sim") / f"{n}.py" for n in ("cycle", "reference")]
+    files += [folder("lowbit.hw") / "pe.py", folder("lowbit.boards") / "estimate.py"]
+    files += [Path(__file__).parent / f"{n}.py" for n in ("worker", "resources")]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def point_key(config: dict, workload: Workload, board: str | None, *, resources: str,
-              mem_latency: int) -> str:
-    """The stable hash a point's results are stored under."""
+              mem_latency: int, code: str) -> str:
+    """The stable hash a point's results are stored under (``code``: :func:`code_digest`)."""
     return _digest({"config": config, "workload": workload.identity(), "board": board,
                     "resources": resources, "mem_latency": mem_latency,
-                    "lowbit": __version__})
+                    "lowbit": __version__, "code": code})
 
 
-def design_key(config: dict, board: str | None, *, resources: str) -> str:
+def design_key(config: dict, board: str | None, *, resources: str, code: str) -> str:
     """The stable hash a design's (a config on a board) resources are stored under."""
     return _digest({"config": config, "board": board, "resources": resources,
-                    "lowbit": __version__})
+                    "lowbit": __version__, "code": code})
 
 
 @dataclass(frozen=True)
@@ -237,6 +264,7 @@ class SweepSpec:
         """Every point in cartesian order: configs (first axis slowest), then workloads,
         then boards. Invalid configs carry their ConfigError message."""
         out = []
+        code = code_digest()
         base = self.base.to_dict()
         for combo in itertools.product(*(a.values for a in self.axes)):
             params = {}
@@ -250,9 +278,11 @@ class SweepSpec:
             for workload in self.workloads:
                 for board in self.boards:
                     key = point_key(config, workload, board, resources=self.resources,
-                                    mem_latency=self.mem_latency)
+                                    mem_latency=self.mem_latency, code=code)
+                    design = design_key(config, board, resources=self.resources, code=code)
                     out.append(Point(index=len(out), params=params, config=config,
-                                     workload=workload, board=board, key=key, error=error))
+                                     workload=workload, board=board, key=key, design=design,
+                                     error=error))
         return out
 
 
