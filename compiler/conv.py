@@ -258,7 +258,10 @@ def lower(net: Graph, cfg: AccelConfig, *, batch: int = 1,
         if s.alias is not None:
             src = net.tensors[s.alias]
             d["flatten_of"] = dict(shape=list(src.shape), border=list(specs[s.alias].border))
-        io["inputs" if name in net.inputs else "outputs"][name] = d
+        if name in net.inputs:
+            io["inputs"][name] = d
+        if name in net.outputs:
+            io["outputs"][name] = {k: v for k, v in d.items() if k != "im2col"}
     ir = GraphIR(config=cfg, tensors=tuple(specs.values()), layers=tuple(layers),
                  inputs=tuple(net.inputs), outputs=tuple(net.outputs))
     return ir, io
@@ -398,17 +401,25 @@ class _Geometry:
 def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
     sy, sx = ly.stride
     used = sorted({(t.ky % sy, t.kx % sx) for t in ly.taps})
-    pitch = nc + max(t.kx // sx for t in ly.taps)
+    pitch = _tile_pitch(ly, nc)
     hq = nr + max(t.ky // sy for t in ly.taps)
     planes = tuple((py, px, i * hq * pitch) for i, (py, px) in enumerate(used))
     return _Geometry(pitch, hq, planes, len(used) * hq * pitch, (nr - 1) * pitch + nc)
 
 
 def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[int, int]:
-    """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile reads."""
+    """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile loads (with
+    stride 1 in x, whole pitch-wide rows: one 2-D LOAD per plane)."""
     sy, sx = ly.stride
     ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
+    if sx == 1:
+        return nr + max(t.ky // sy for t in ph), _tile_pitch(ly, nc)
     return nr + max(t.ky // sy for t in ph), nc + max(t.kx // sx for t in ph)
+
+
+def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
+    """Slab lines per row (and accumulator lines per output row) of a tile ``nc`` wide."""
+    return nc + max(t.kx // ly.stride[1] for t in ly.taps)
 
 
 def _splits(total: int, size: int) -> list[tuple[int, int]]:
@@ -501,10 +512,10 @@ def plan_spatial(t_cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
             break
     if best is None:
         geo = _geometry(ly, 1, 1)
-        raise CompileError(f"{ly.name}: even a 1x1 output tile needs {geo.slab_lines} "
-                           f"activation lines (act_depth is {cfg.act_depth}) or "
-                           f"{geo.acc_lines} accumulator lines (half of acc_depth is "
-                           f"{acc_cap})")
+        raise CompileError(f"{ly.name}: even a 1x1 output tile needs a slab of "
+                           f"{geo.slab_lines} activation lines for its {ly.kernel[0]}x"
+                           f"{ly.kernel[1]} window (stride {ly.stride}), but act_depth is "
+                           f"{cfg.act_depth}")
     cost, nr, nc, info = best
     geo = info["geo"]
     tiles = tuple((y0, r, x0, c) for y0, r in _splits(oh, nr) for x0, c in _splits(ow, nc))
@@ -528,13 +539,14 @@ def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> Non
         if r < 1 or c < 1 or y0 < 0 or x0 < 0 or y0 + r > oh or x0 + c > ow:
             raise CompileError(f"{where}: output tile {(y0, r, x0, c)} outside {oh}x{ow}")
         covered[y0:y0 + r, x0:x0 + c] += 1
-        geo = _geometry(ly, r, c)
-        if geo.pitch > lt.pitch or (r - 1) * lt.pitch + c > lt.acc_lines:
+        pitch = _tile_pitch(ly, c)
+        if pitch > lt.pitch or (r - 1) * pitch + c > lt.acc_lines:
             raise CompileError(f"{where}: output tile {(y0, r, x0, c)} exceeds the pitch or "
                                f"the accumulator buffer")
-        for py, px, off in lt.planes:
+        ends = [off for _, _, off in lt.planes[1:]] + [lt.slab_lines]
+        for (py, px, off), end in zip(lt.planes, ends, strict=True):
             rows, cols = _phase_extent(ly, py, px, r, c)
-            if cols > lt.pitch or off + rows * lt.pitch > lt.slab_lines:
+            if cols > pitch or off + rows * pitch > end:
                 raise CompileError(f"{where}: phase plane {(py, px)} overruns the slab")
     if not (covered == 1).all():
         raise CompileError(f"{where}: output tiles do not cover the {oh}x{ow} output once")
@@ -564,7 +576,6 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     wtb = cfg.weight_tile_beats
     pline = C * layout.PARAM_BYTES
     sy, sx = ly.stride
-    pitch = lt.pitch
     srcs = [g.tensor(s) for s in ly.srcs]
     dst = g.tensor(ly.dst)
     dst_mp = layout.padded_rows(cfg, dst.rows)
@@ -607,6 +618,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         base = k * layout.padded_rows(cfg, src.rows)
         flat_written = src_written[si][k]
         y0, nr, x0, nc = tile
+        pitch = _tile_pitch(ly, nc)
         oy, ox = ly.origins[si]
         r0, c0 = oy + y0 * sy, ox + x0 * sx
         ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
@@ -679,6 +691,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         if not lt.param_resident:
             p_slot.clear()
         y0, nr, x0, nc = tile
+        pitch = _tile_pitch(ly, nc)
         rows = (nr - 1) * pitch + nc
         for n in range(nb):
             buf = tile_no % lt.acc_buffers

@@ -1,0 +1,394 @@
+"""Convolutions, pooling, adds, flatten and activations: compiled programs against the graph's
+integer numpy model (``Graph.forward``), on the reference interpreter and the cycle simulator
+(bit-exact, same program), for random shapes, strides, paddings, groups and weight widths.
+
+``Graph.forward`` is itself checked against naive loops, so the chain of references is:
+loops -> numpy model -> reference == sim (-> RTL for a small sample on ``tiny``).
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+from lowbit.compiler import (
+    CompileError,
+    Graph,
+    GraphError,
+    compile_network,
+    pack_inputs,
+    unpack_outputs,
+)
+from lowbit.compiler.graph import add_factors, same_padding
+from lowbit.config import PRESETS, AccelConfig
+from lowbit.executors import run
+from lowbit.isa import Opcode
+from lowbit.layout import requantize, wrap
+
+TINY = PRESETS["tiny"]
+CONFIGS = {
+    "tiny": TINY,
+    "tiny-w2": TINY.replace(weight_bits=2),
+    "tiny-w3": TINY.replace(weight_bits=3),
+    "tiny-w8": TINY.replace(weight_bits=8),
+    "8x8": PRESETS["8x8"],
+    # a small activation scratchpad and accumulator memory: several output tiles, slabs
+    # streamed per output block
+    "small": TINY.replace(act_depth=64, acc_depth=32, weight_tiles=2),
+}
+
+
+def _wrange(cfg):
+    return -(1 << (cfg.weight_bits - 1)), (1 << (cfg.weight_bits - 1))
+
+
+def _execute(g: Graph, cfg, inputs, *, host_im2col=True, backends=("reference", "sim")):
+    """Compile ``g``; every backend's outputs must equal ``g.forward``. Returns the program
+    and the results by backend."""
+    prog = compile_network(g, cfg, host_im2col=host_im2col)
+    want = g.forward(inputs)
+    results = {}
+    for backend in backends:
+        res = run(prog, pack_inputs(prog, inputs), backend=backend)
+        got = unpack_outputs(prog, res.outputs)
+        for name, value in want.items():
+            assert got[name].shape == value.shape, (backend, name)
+            assert np.array_equal(got[name], value), (backend, name)
+        results[backend] = res
+    if "sim" in results:
+        ref, sim = results["reference"].counters, results["sim"].counters
+        for key in ("macs", "dram_read_bytes", "dram_write_bytes"):
+            assert ref[key] == sim[key], key
+    return prog, results
+
+
+def _image(rng, shape, signed=True):
+    return rng.integers(-128, 128, shape) if signed else rng.integers(0, 256, shape)
+
+
+# -- the numpy model ------------------------------------------------------------------------
+
+
+def _naive_conv(x, w, stride, pad, groups):
+    kh, kw, cig, cout = w.shape
+    t, b, lf, r = pad
+    xp = np.pad(x, ((t, b), (lf, r), (0, 0)))
+    oh = (xp.shape[0] - kh) // stride[0] + 1
+    ow = (xp.shape[1] - kw) // stride[1] + 1
+    cog = cout // groups
+    out = np.zeros((oh, ow, cout), np.int64)
+    for y in range(oh):
+        for x_ in range(ow):
+            for o in range(cout):
+                g = o // cog
+                for ky in range(kh):
+                    for kx in range(kw):
+                        for i in range(cig):
+                            out[y, x_, o] += xp[y * stride[0] + ky, x_ * stride[1] + kx,
+                                                g * cig + i] * w[ky, kx, i, o]
+    return out
+
+
+def test_numpy_model_matches_naive_loops():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (7, 6, 4))
+    g = Graph("t", weight_bits=4)
+    a = g.input("x", (7, 6, 4), calib=x)
+    cases = [((3, 2, 4, 6), (2, 1), (1, 0, 2, 1), 1), ((3, 3, 1, 4), (1, 2), (1, 1, 1, 1), 4),
+             ((2, 3, 2, 4), (1, 1), (0, 1, 0, 0), 2)]
+    outs = []
+    for shape, stride, pad, groups in cases:
+        w = rng.integers(-8, 8, shape)
+        bias = rng.integers(-100, 100, shape[3])
+        outs.append((g.conv2d(a, w, bias=bias, stride=stride, padding=pad, groups=groups),
+                     w, stride, pad, groups, bias))
+    mp = g.max_pool2d(a, (3, 2), stride=(2, 1), padding=(1, 0, 0, 1))
+    vals = g.evaluate({"x": x})
+    for name, w, stride, pad, groups, bias in outs:
+        op = next(o for o in g.ops if o.dst == name)
+        assert np.array_equal(op.bias, bias)
+        want = requantize(wrap(_naive_conv(x, w, stride, pad, groups), 32), bias, op.mult,
+                          op.shift, relu=False, out_bits=8, out_unsigned=False)
+        assert np.array_equal(vals[name], want)
+    xp = np.pad(x, ((1, 0), (0, 1), (0, 0)))
+    want = np.array([[[xp[2 * y:2 * y + 3, x_:x_ + 2, c].max() for c in range(4)]
+                      for x_ in range(6)] for y in range(3)])
+    assert np.array_equal(vals[mp], want)
+
+
+def test_same_padding_and_add_factors():
+    assert same_padding(32, 3, 2) == (0, 1)       # TensorFlow: the extra row at the end
+    assert same_padding(49, 10, 2) == (4, 5)
+    assert same_padding(10, 4, 2) == (1, 1)
+    assert same_padding(5, 3, 1) == (1, 1)
+    assert add_factors(1.0) == (1, 1)
+    assert add_factors(0.5) == (1, 2)
+    ma, mb = add_factors(np.pi)
+    assert abs(ma / mb / np.pi - 1) < 1e-3 and max(ma, mb) <= 256
+    ma, mb = add_factors(1000.0)
+    assert (ma, mb) == (256, 1)                   # the largest ratio the factors give
+
+
+# -- random convolutions --------------------------------------------------------------------
+
+# (config, (H, W, C_in), C_out, kernel, stride, padding, groups, seed)
+CONVS = [
+    ("tiny", (6, 5, 3), 5, (3, 3), (1, 1), 1, 1, 0),
+    ("tiny", (9, 7, 6), 7, (3, 3), (2, 2), "same", 1, 1),
+    ("tiny", (12, 6, 2), 9, (10, 4), (2, 2), "same", 1, 2),     # DS-CNN's first kernel
+    ("tiny", (8, 8, 8), 8, (3, 3), (1, 1), 1, 8, 3),            # depthwise
+    ("tiny", (7, 9, 6), 6, (3, 3), (2, 2), (0, 1, 0, 1), 6, 4),  # depthwise, stride 2
+    ("tiny", (6, 6, 8), 4, (2, 2), (1, 1), 0, 2, 5),            # two groups of 4
+    ("tiny", (5, 7, 6), 9, (1, 1), (2, 1), 0, 3, 6),            # 1x1, groups 3, stride (2,1)
+    ("tiny", (11, 10, 5), 4, (5, 5), (3, 3), 2, 1, 7),
+    ("tiny", (4, 13, 4), 5, (1, 7), (1, 2), (0, 0, 3, 3), 1, 8),
+    ("tiny-w2", (7, 6, 5), 6, (3, 3), (1, 1), 1, 1, 9),
+    ("tiny-w2", (8, 8, 4), 4, (3, 3), (1, 1), "same", 4, 10),
+    ("tiny-w3", (9, 5, 7), 3, (3, 2), (2, 1), (1, 1, 0, 1), 1, 11),
+    ("tiny-w3", (6, 6, 12), 12, (3, 3), (2, 2), 1, 12, 12),
+    ("tiny-w8", (7, 7, 3), 10, (3, 3), (1, 1), 1, 1, 13),
+    ("tiny-w8", (10, 3, 9), 6, (4, 2), (2, 1), (2, 1, 1, 0), 3, 14),
+    ("8x8", (10, 9, 11), 19, (3, 3), (1, 1), 1, 1, 15),
+    ("8x8", (9, 9, 16), 16, (3, 3), (2, 2), "same", 16, 16),
+    ("small", (9, 8, 6), 10, (3, 3), (1, 1), 1, 1, 17),
+    ("small", (11, 7, 9), 5, (3, 3), (2, 2), "same", 1, 18),
+]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=[f"{c[0]}-{c[3][0]}x{c[3][1]}s{c[4][0]}{c[4][1]}"
+                                             f"g{c[6]}-{c[7]}" for c in CONVS])
+def test_random_conv_matches_numpy(case):
+    name, shape, cout, kernel, stride, pad, groups, seed = case
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(seed)
+    lo, hi = _wrange(cfg)
+    signed = seed % 3 != 0
+    x = _image(rng, shape, signed)
+    g = Graph("conv", weight_bits=cfg.weight_bits)
+    a = g.input("x", shape, signed=signed, calib=x)
+    w = rng.integers(lo, hi, (*kernel, shape[2] // groups, cout))
+    act = (None, "relu", "relu6")[seed % 3]
+    y = g.conv2d(a, w, bias=rng.integers(-300, 300, cout), stride=stride, padding=pad,
+                 groups=groups, act=act, w_scale=rng.uniform(0.5, 2, cout))
+    g.output(y)
+    x2 = _image(rng, shape, signed)
+    prog, _ = _execute(g, cfg, {"x": x2}, host_im2col=seed % 2 == 0)
+    assert prog.meta["layers"][0]["kind"] in ("conv", "dwconv")
+    if groups == shape[2] == cout:
+        assert prog.meta["layers"][0]["kind"] == "dwconv"
+
+
+def test_stacked_convs_with_several_output_tiles():
+    """Three layers on a config whose scratchpads force many output tiles and streamed
+    slabs; the layers' borders differ (the producer stores into the interior)."""
+    cfg = CONFIGS["small"]
+    rng = np.random.default_rng(3)
+    x = _image(rng, (13, 11, 5))
+    g = Graph("stack", weight_bits=4)
+    a = g.input("x", (13, 11, 5), calib=x)
+    h = g.conv2d(a, rng.integers(-8, 8, (3, 3, 5, 7)), padding=1, act="relu")
+    h = g.conv2d(h, rng.integers(-8, 8, (5, 3, 7, 6)), stride=(2, 1), padding=(2, 2, 1, 1),
+                 act="relu")
+    h = g.conv2d(h, rng.integers(-8, 8, (3, 3, 1, 6)), groups=6, padding="same")
+    g.output(h)
+    prog, res = _execute(g, cfg, {"x": _image(rng, (13, 11, 5))})
+    assert all(ly["out_tiles"] > 1 for ly in prog.meta["layers"])
+    assert res["sim"].cycles > 0
+
+
+def test_depthwise_uses_diagonal_tiles_and_reports_utilization():
+    """A depthwise layer is one diagonal tile per (channel block, kernel position): a
+    COMPUTE does ``rows`` useful MACs per line out of ``rows * cols``."""
+    cfg = PRESETS["8x8"]
+    rng = np.random.default_rng(0)
+    x = _image(rng, (6, 6, 16))
+    g = Graph("dw", weight_bits=8)
+    a = g.input("x", (6, 6, 16), calib=x)
+    g.output(g.depthwise_conv2d(a, rng.integers(-128, 128, (3, 3, 16)), padding=1))
+    from lowbit.compiler.conv import lower
+
+    graph, _ = lower(g, cfg)
+    ly = graph.layers[0]
+    assert ly.kind == "dwconv" and len(ly.taps) == 2 * 9
+    for t in ly.tiles:
+        assert np.count_nonzero(t - np.diag(np.diag(t))) == 0
+    prog, res = _execute(g, cfg, {"x": x})
+    macs = g.macs()
+    assert macs == 6 * 6 * 9 * 16
+    # useful MACs / MAC slots of the COMPUTEs: 1/cols, times the fraction of streamed
+    # lines that are output pixels (6 of every 8 but in a tile's last row)
+    slots = res["sim"].counters["macs"]
+    rows = sum(i.rows for i in prog.instrs if i.opcode == Opcode.COMPUTE)
+    assert slots == rows * 64 and macs == 9 * 36 * 16
+    assert 1 / 8 * 6 / 8 < macs / slots <= 1 / 8
+
+
+# -- pooling, add, activations, flatten -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name,signed", [("tiny", True), ("tiny-w2", False), ("8x8", False)])
+def test_pooling(name, signed):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(len(name))
+    x = _image(rng, (9, 8, 6), signed)
+    g = Graph("pool", weight_bits=cfg.weight_bits)
+    a = g.input("x", (9, 8, 6), signed=signed, calib=x)
+    m1 = g.max_pool2d(a, 2)
+    m2 = g.max_pool2d(a, 3, stride=2, padding=1)
+    p1 = g.avg_pool2d(a, 3, stride=1, padding=1)
+    p2 = g.avg_pool2d(a, (2, 3), stride=(2, 3))
+    gp = g.global_avg_pool(a)
+    g.output(m1, m2, p1, p2, gp)
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (9, 8, 6), signed)})
+    kinds = {ly["kind"] for ly in prog.meta["layers"]}
+    assert kinds == {"maxpool", "avgpool"}
+    maxes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE and i.acc_max]
+    assert maxes and all(i.accumulate for i in maxes)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-w2", "8x8"])
+def test_residual_add_with_different_scales(name):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(7)
+    x = _image(rng, (6, 7, 10))
+    g = Graph("res", weight_bits=cfg.weight_bits)
+    a = g.input("x", (6, 7, 10), calib=x)
+    lo, hi = _wrange(cfg)
+    h = g.conv2d(a, rng.integers(lo, hi, (3, 3, 10, 10)), padding=1, act="relu",
+                 w_scale=0.37)
+    s = g.add(a, h, act="relu")                  # signed int8 + unsigned, scales differ
+    t = g.add(s, h)
+    g.output(g.conv2d(t, rng.integers(lo, hi, (3, 3, 10, 4)), padding=1), s)
+    op = next(o for o in g.ops if o.dst == s)
+    ratio = g.tensor(a).scale / g.tensor(h).scale
+    assert abs(op.mul_a / op.mul_b / ratio - 1) < 0.01
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (6, 7, 10))})
+    scaled = {i.mul_m1 + 1 for i in prog.instrs if i.opcode == Opcode.COMPUTE and i.mul_m1}
+    assert {op.mul_a, op.mul_b} - {1} <= scaled
+
+
+def test_activations_flatten_and_linear():
+    """ReLU/ReLU6 on maps and flat tensors; flatten of a map that also has a zero border
+    for a padded consumer (the flat view skips the border and padding channels)."""
+    cfg = TINY
+    rng = np.random.default_rng(11)
+    x = _image(rng, (5, 4, 6))
+    g = Graph("flat", weight_bits=4)
+    a = g.input("x", (5, 4, 6), calib=x)
+    r = g.relu6(a)
+    c = g.conv2d(r, rng.integers(-8, 8, (3, 3, 6, 3)), padding=1)
+    f = g.flatten(r)
+    y = g.linear(f, rng.integers(-8, 8, (5 * 4 * 6, 7)), act="relu")
+    z = g.relu(g.linear(g.flatten(c), rng.integers(-8, 8, (60, 5))))
+    g.output(y, z, c)
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (5, 4, 6))})
+    ins = prog.meta["network"]["inputs"]["x"]
+    assert ins["border"] == [0, 0, 0, 0]
+    assert g.tensor(r).scale == pytest.approx(6 / 255)
+
+
+def test_flatten_as_output_and_dense_batch():
+    cfg = TINY
+    rng = np.random.default_rng(5)
+    x = _image(rng, (3, 3, 5))
+    g = Graph("f", weight_bits=4)
+    a = g.input("x", (3, 3, 5), calib=x)
+    g.output(g.flatten(g.max_pool2d(a, 2, stride=1, padding=(0, 1, 0, 1))))
+    _execute(g, cfg, {"x": x})
+    d = Graph("dense", weight_bits=4)
+    v = d.input("v", (13,), calib=rng.integers(-128, 128, (20, 13)))
+    d.output(d.relu6(d.linear(v, rng.integers(-8, 8, (13, 6)))))
+    prog = compile_network(d, cfg, batch=9)
+    v9 = rng.integers(-128, 128, (9, 13))
+    got = run(prog, pack_inputs(prog, {"v": v9}), backend="sim").outputs
+    assert np.array_equal(unpack_outputs(prog, got)[d.outputs[0]], d.forward({"v": v9})[
+        d.outputs[0]])
+
+
+def test_host_im2col_is_equivalent_and_fewer_computes():
+    cfg = PRESETS["8x8"]
+    rng = np.random.default_rng(2)
+    x = _image(rng, (12, 10, 3))
+    g = Graph("first", weight_bits=8)
+    a = g.input("x", (12, 10, 3), calib=x)
+    g.output(g.conv2d(a, rng.integers(-128, 128, (3, 3, 3, 8)), stride=2, padding="same",
+                      act="relu"))
+    p_img, r_img = _execute(g, cfg, {"x": x}, host_im2col=False)
+    p_col, r_col = _execute(g, cfg, {"x": x}, host_im2col=True)
+    assert p_col.meta["network"]["inputs"]["x"]["im2col"]["kernel"] == [3, 3]
+    assert p_img.inputs[0].rows == 13 * 11 and p_col.inputs[0].cols == 27
+    assert r_col["sim"].counters["macs"] < r_img["sim"].counters["macs"] / 2
+    assert r_col["sim"].cycles < r_img["sim"].cycles
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_config_with_several_lines_per_beat_is_refused():
+    cfg = AccelConfig(rows=2, cols=2, weight_bits=4, act_depth=64, weight_tiles=4,
+                      acc_depth=32, param_depth=4, bus_bits=32, mem_bytes=1 << 18)
+    g = Graph("x", weight_bits=4)
+    a = g.input("x", (4, 4, 2), calib=np.zeros((4, 4, 2)))
+    g.output(g.max_pool2d(a, 2))
+    with pytest.raises(CompileError, match=re.escape(
+            "feature maps need an activation line (rows * 8 = 16 bits) of at least one bus "
+            "beat (32 bits) so that a LOAD can gather single pixels; this config packs 2 "
+            "lines per beat. Use rows >= 4 or bus_bits <= 16")):
+        compile_network(g, cfg)
+
+
+def test_graph_errors():
+    g = Graph("e", weight_bits=4)
+    a = g.input("x", (5, 5, 4), calib=np.zeros((5, 5, 4)))
+    with pytest.raises(GraphError, match=re.escape(
+            "conv0: weight 9 is out of range for weight_bits=4; allowed -8..7")):
+        g.conv2d(a, np.full((3, 3, 4, 2), 9))
+    with pytest.raises(GraphError, match=re.escape(
+            "conv0: weight (3, 3, 2, 4) with groups=3 does not fit 4 input channels")):
+        g.conv2d(a, np.zeros((3, 3, 2, 4)), groups=3)
+    with pytest.raises(GraphError, match=re.escape(
+            "conv0: kernel 7x7 does not fit the padded input (5, 5) with padding (0, 0, 0, 0)")):
+        g.conv2d(a, np.zeros((7, 7, 4, 2)))
+    with pytest.raises(GraphError, match=re.escape(
+            "linear needs a flat tensor; flatten x (5, 5, 4) first")):
+        g.linear(a, np.zeros((100, 2)))
+    b = g.input("y", (5, 4, 4))
+    with pytest.raises(GraphError, match=re.escape(
+            "add needs equal shapes, not x (5, 5, 4) and y (5, 4, 4)")):
+        g.add(a, b)
+    with pytest.raises(GraphError, match=re.escape(
+            "out_scale is required: the graph has no calibration data")):
+        g.conv2d(b, np.zeros((1, 1, 4, 4)))
+    with pytest.raises(GraphError, match=re.escape(
+            "input 'x' values must be from -128 to 127, not -200..-200")):
+        g.forward({"x": np.full((5, 5, 4), -200), "y": np.zeros((5, 4, 4))})
+    g.output(g.max_pool2d(a, 2))
+    with pytest.raises(ValueError, match=re.escape(
+            "network has 4-bit weights but the accelerator has weight_bits=8")):
+        compile_network(g, PRESETS["8x8"])
+
+
+# -- RTL ------------------------------------------------------------------------------------
+
+
+RTL_CASES = [
+    ((5, 6, 3), 5, (3, 3), (1, 1), 1, 1),
+    ((7, 6, 4), 4, (3, 3), (2, 2), "same", 4),
+]
+
+
+@pytest.mark.parametrize("case", RTL_CASES, ids=["conv3x3", "dw3x3s2"])
+def test_conv_on_rtl(case):
+    """A small sample on the Verilated RTL of ``tiny`` (cached build): outputs and cycles
+    equal to the simulator's."""
+    shape, cout, kernel, stride, pad, groups = case
+    rng = np.random.default_rng(sum(shape))
+    x = _image(rng, shape)
+    g = Graph("rtl", weight_bits=4)
+    a = g.input("x", shape, calib=x)
+    h = g.conv2d(a, rng.integers(-8, 8, (*kernel, shape[2] // groups, cout)), stride=stride,
+                 padding=pad, groups=groups, act="relu")
+    g.output(g.max_pool2d(h, 2, stride=1))
+    _, res = _execute(g, TINY, {"x": x}, host_im2col=False,
+                      backends=("reference", "sim", "rtl"))
+    assert res["rtl"].cycles == res["sim"].cycles
