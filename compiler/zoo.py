@@ -93,18 +93,24 @@ def _image_calib(rng, shape, bits=8):
 
 
 def resnet8(*, weight_bits: int = 8, act_bits: int = 8, acc_bits: int = 32,
-            seed: int = 0) -> Graph:
-    """MLPerf Tiny image classification ResNet-8 (CIFAR-10, 12.50 M MACs)."""
+            seed: int = 0, stacks: int = 3) -> Graph:
+    """MLPerf Tiny image classification ResNet-8 (CIFAR-10, 12.50 M MACs).
+
+    ``stacks < 3`` keeps only the first residual stacks; the output is then the last
+    stack's feature map (no pooling and classifier)."""
     g = Graph("resnet8", weight_bits=weight_bits, acc_bits=acc_bits)
     init = _Init(g, seed)
     x = g.input("image", (32, 32, 3), bits=act_bits, scale=1 / 128,
                 calib=_image_calib(init.rng, (32, 32, 3), act_bits))
     h = init.conv(x, 3, 16, name="conv1")
-    for stack, (c, s) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
+    for stack, (c, s) in enumerate(((16, 1), (32, 2), (64, 2))[:stacks], start=1):
         y = init.conv(h, 3, c, stride=s, name=f"s{stack}_conv1")
         y = init.conv(y, 3, c, act=None, name=f"s{stack}_conv2")
         sc = h if s == 1 else init.conv(h, 1, c, stride=s, act=None, name=f"s{stack}_proj")
         h = g.add(sc, y, act="relu", name=f"s{stack}_add", out_bits=act_bits)
+    if stacks < 3:
+        g.output(h)
+        return g
     p = g.global_avg_pool(h, name="pool")
     y = init.linear(g.flatten(p, name="flat"), 10, name="logits")
     g.output(y)

@@ -392,3 +392,21 @@ def test_conv_on_rtl(case):
     _, res = _execute(g, TINY, {"x": x}, host_im2col=False,
                       backends=("reference", "sim", "rtl"))
     assert res["rtl"].cycles == res["sim"].cycles
+
+
+def test_pool_add_linear_on_rtl():
+    """ISA v2 on the RTL: scaled identity taps (``mul_m1``) of a residual add, ``acc_max``
+    of max pooling, average pooling, flatten and a linear layer."""
+    rng = np.random.default_rng(21)
+    x = _image(rng, (6, 5, 4))
+    g = Graph("rtl2", weight_bits=4)
+    a = g.input("x", (6, 5, 4), calib=x)
+    h = g.conv2d(a, rng.integers(-8, 8, (3, 3, 4, 4)), padding=1, act="relu", w_scale=0.3)
+    s = g.add(a, h, act="relu")
+    m = g.max_pool2d(s, 3, stride=2, padding=1)
+    p = g.global_avg_pool(g.avg_pool2d(m, 2, stride=1))
+    g.output(g.linear(g.flatten(p), rng.integers(-8, 8, (4, 3))))
+    prog, res = _execute(g, TINY, {"x": _image(rng, (6, 5, 4))},
+                         backends=("reference", "sim", "rtl"))
+    assert any(i.opcode == Opcode.COMPUTE and i.mul_m1 for i in prog.instrs)
+    assert res["rtl"].cycles == res["sim"].cycles
