@@ -410,3 +410,76 @@ def test_pool_add_linear_on_rtl():
                          backends=("reference", "sim", "rtl"))
     assert any(i.opcode == Opcode.COMPUTE and i.mul_m1 for i in prog.instrs)
     assert res["rtl"].cycles == res["sim"].cycles
+
+
+# -- IR, verifiers, program files -----------------------------------------------------------
+
+
+def _small_net(rng, cfg=TINY):
+    x = _image(rng, (7, 6, 5))
+    g = Graph("small", weight_bits=cfg.weight_bits)
+    a = g.input("x", (7, 6, 5), calib=x)
+    h = g.conv2d(a, rng.integers(-8, 8, (3, 3, 5, 6)), stride=2, padding="same", act="relu")
+    g.output(h, g.max_pool2d(h, 3, stride=1, padding=1))
+    return g, x
+
+
+def test_dump_and_program_file_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    g, x = _small_net(rng)
+    seen = {}
+    prog = compile_network(g, TINY, host_im2col=False, dump="all",
+                           dump_fn=lambda name, text: seen.setdefault(name, text))
+    assert "tensor conv0: hidden u8 [16, 6] scale=" not in seen["graph"]
+    assert "tensor conv0: output u8 [30, 6]" in seen["graph"]        # 4x3 map, border 1
+    assert "map 4x3 border (1, 1, 1, 1)" in seen["graph"]
+    assert "conv0: conv0 = conv(x, kernel 3x3 stride (2, 2)" in seen["graph"]
+    assert "output tiles of up to" in seen["tile"] and "phase planes" in seen["tile"]
+    assert "slab t0 x[0] phase 1,1" in seen["schedule"]
+    from lowbit.program import Program
+
+    again = Program.load(prog.save(tmp_path / "net.lbp"))
+    assert again.meta["network"] == prog.meta["network"]
+    out = unpack_outputs(again, run(again, pack_inputs(again, {"x": x}),
+                                    backend="reference").outputs)
+    want = g.forward({"x": x})
+    assert all(np.array_equal(out[k], want[k]) for k in want)
+    assert out["conv0"].shape == (4, 3, 6)       # its border (for the pool) is stripped
+
+
+def test_spatial_verifiers_reject_corrupted_ir():
+    from dataclasses import replace
+
+    from lowbit.compiler import passes
+    from lowbit.compiler.conv import lower
+
+    rng = np.random.default_rng(6)
+    g, _ = _small_net(rng)
+    graph, _ = lower(g, TINY, host_im2col=False)
+    passes.verify_graph(graph)
+    conv = graph.layers[0]
+    bad = replace(graph, layers=(replace(conv, origins=((2, 0),)),) + graph.layers[1:])
+    with pytest.raises(CompileError, match=re.escape(
+            "conv0: the window of x (origin (2, 0), kernel (3, 3), stride (2, 2), output "
+            "(4, 3)) leaves its stored image 9x7")):
+        passes.verify_graph(bad)
+    taps = conv.taps[1:] + conv.taps[:1]
+    with pytest.raises(CompileError, match="conv0: the taps of source block"):
+        passes.verify_graph(replace(graph, layers=(replace(conv, taps=taps),)
+                                    + graph.layers[1:]))
+    tiled = passes.plan_tiles(graph)
+    passes.verify_tiling(tiled)
+    lt = tiled.tilings[0]
+    with pytest.raises(CompileError, match=re.escape(
+            "layer 0: output tiles do not cover the 4x3 output once")):
+        passes.verify_tiling(replace(tiled, tilings=(replace(lt, out_tiles=lt.out_tiles[1:]),)
+                                     + tiled.tilings[1:]))
+    with pytest.raises(CompileError, match="layer 0: activation slots exceed act_depth"):
+        passes.verify_tiling(replace(tiled, tilings=(replace(lt, act_slots=1000),)
+                                     + tiled.tilings[1:]))
+    sched = passes.schedule(tiled)
+    passes.verify_schedule(sched)
+    ops = tuple(op for op in sched.ops if not (op.opcode == Opcode.STORE
+                                               and op.note.startswith("maxpool")))
+    with pytest.raises(CompileError, match=r"schedule has \d+ STOREs, expected \d+"):
+        passes.verify_schedule(replace(sched, ops=ops))
