@@ -464,7 +464,7 @@ def test_spatial_verifiers_reject_corrupted_ir():
             "(4, 3)) leaves its stored image 9x7")):
         passes.verify_graph(bad)
     taps = conv.taps[1:] + conv.taps[:1]
-    with pytest.raises(CompileError, match="conv0: the taps of source block"):
+    with pytest.raises(CompileError, match="conv0: taps must be grouped by output block"):
         passes.verify_graph(replace(graph, layers=(replace(conv, taps=taps),)
                                     + graph.layers[1:]))
     tiled = passes.plan_tiles(graph)
