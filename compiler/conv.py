@@ -151,9 +151,7 @@ def _dedupe(cfg, taps: list[Tap], tiles: list[np.ndarray]):
     if len(uniq) <= wg * wslots:
         taps = [dataclasses.replace(tp, tile=remap[tp.tile]) for tp in taps]
         return taps, np.array(uniq, dtype=np.int64).reshape(-1, cfg.rows, cfg.cols)
-    order = []
-    for tp in taps:
-        order.append(tiles[tp.tile])
+    order = [tiles[tp.tile] for tp in taps]
     taps = [dataclasses.replace(tp, tile=i) for i, tp in enumerate(taps)]
     return taps, np.array(order, dtype=np.int64).reshape(-1, cfg.rows, cfg.cols)
 
@@ -488,11 +486,10 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
                            buffers=buffers, spt=spt, slabs=len(keys))
 
 
-def plan_spatial(t_cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
+def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
                  weight_group: int, weight_slots: int, param_group: int,
                  param_slots: int) -> SpatialTiling:
     """Choose the output tiles of a spatial layer (see the module docstring)."""
-    cfg = t_cfg
     oh, ow = ly.out_hw
     acc_cap = cfg.acc_depth // 2
     ring = weight_group * weight_slots
