@@ -24,9 +24,9 @@ from lowbit import isa
 from lowbit.config import AccelConfig
 
 from .axi import AXI4LiteSignature, AXI4ReadSignature, AXI4Signature
-from .axi_ram import AxiRam
+from .axi_ram import MIN_LATENCY, AxiRam, _check_int
 from .top import Top
-from .uart import BoardInfo, UartBridge
+from .uart import BoardInfo, UartBridge, _check_cpb
 
 __all__ = [
     "BOARD_TOP_NAME",
@@ -99,23 +99,23 @@ class BoardTop(wiring.Component):
         self.cfg, self.mem_bytes, self.imem_bytes = cfg, mem_bytes, imem_bytes
         self.latency, self.clocks_per_bit, self.queue_depth = latency, clocks_per_bit, \
             queue_depth
+        _check_int("latency", latency, MIN_LATENCY, 1024)
+        _check_int("queue_depth", queue_depth, 2, 4096)
+        _check_cpb(clocks_per_bit)
         self.info = BoardInfo(beat_bytes=beat, latency=latency, mem_bytes=mem_bytes,
                               imem_bytes=imem_bytes, config_hash=config_hash(cfg))
-        # Build the parts now so that bad parameters fail at construction.
-        self._top = Top(cfg)
-        common = dict(data_width=cfg.bus_bits, addr_width=cfg.addr_bits, latency=latency,
-                      queue_depth=queue_depth)
-        self._iram = AxiRam(size_bytes=imem_bytes, read_only=True, **common)
-        self._dram = AxiRam(size_bytes=mem_bytes, **common)
-        self._bridge = UartBridge(clocks_per_bit=clocks_per_bit, info=self.info)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.accel = top = self._top
-        m.submodules.iram = iram = self._iram
-        m.submodules.dram = dram = self._dram
-        m.submodules.bridge = bridge = self._bridge
+        cfg = self.cfg
+        common = dict(data_width=cfg.bus_bits, addr_width=cfg.addr_bits, latency=self.latency,
+                      queue_depth=self.queue_depth)
+        m.submodules.accel = top = Top(cfg)
+        m.submodules.iram = iram = AxiRam(size_bytes=self.imem_bytes, read_only=True, **common)
+        m.submodules.dram = dram = AxiRam(size_bytes=self.mem_bytes, **common)
+        m.submodules.bridge = bridge = UartBridge(clocks_per_bit=self.clocks_per_bit,
+                                                  info=self.info)
         connect(m, top.imem, iram.axi)
         connect(m, top.dmem, dram.axi)
         connect(m, bridge.csr, top.csr)
@@ -151,7 +151,6 @@ class ZynqTop(wiring.Component):
             raise ValueError(f"dram_base must be a 32-bit multiple of mem_bytes "
                              f"({cfg.mem_bytes:#x}), not {dram_base:#x}")
         self.cfg, self.dram_base = cfg, dram_base
-        self._top = Top(cfg)
         super().__init__({
             "csr": In(AXI4LiteSignature(addr_width=8)),
             "imem": Out(AXI4ReadSignature(addr_width=32, data_width=cfg.bus_bits)),
@@ -161,7 +160,7 @@ class ZynqTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.accel = top = self._top
+        m.submodules.accel = top = Top(self.cfg)
         aw = self.cfg.addr_bits
         high = C(self.dram_base >> aw, 32 - aw)
         connect(m, flipped(self.csr), top.csr)

@@ -9,9 +9,9 @@ socket. It ends when ``stop_file`` exists and no client is connected, or after
 ``max_seconds`` of wall time, and writes statistics to ``result``.
 
 While no byte is waiting, simulated time advances in steps of ``poll_cycles``; after a while
-without traffic each step also waits up to a millisecond of wall time for the socket, so an
-idle board costs little CPU. Simulated time between commands does not change CYCLES (the
-accelerator counts from its start to its done).
+without traffic in either direction, in steps of 1024 cycles that also wait up to a
+millisecond of wall time for the socket, so an idle board costs little CPU. Simulated time
+between commands does not change CYCLES (the accelerator counts from its start to its done).
 """
 
 import json
@@ -27,7 +27,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, Timer
 
 JOB_ENV = "LOWBIT_UART_JOB"
+#: After this many empty polls, each poll advances _IDLE_POLL_CYCLES and waits up to
+#: _IDLE_WAIT_S of wall time for the socket (about 1M idle cycles per second).
 _IDLE_POLLS_BEFORE_WAIT = 64
+_IDLE_POLL_CYCLES = 1024
+_IDLE_WAIT_S = 0.001
 
 
 class _Stats:
@@ -43,15 +47,16 @@ async def _drive_rx(dut, conn, cpb, period, poll_cycles, stats):
     """Socket -> ``uart_rx``. Returns when the client closes the connection."""
     bit = Timer(cpb * period, unit="ns")
     poll = Timer(poll_cycles * period, unit="ns")
+    idle_poll = Timer(_IDLE_POLL_CYCLES * period, unit="ns")
     idle, seen = 0, stats.from_dut
     while True:
         if stats.from_dut != seen:          # the DUT is talking: no wall-time waits
             idle, seen = 0, stats.from_dut
-        wait = 0.001 if idle >= _IDLE_POLLS_BEFORE_WAIT else 0.0
-        ready, _, _ = select.select([conn], [], [], wait)
+        slow = idle >= _IDLE_POLLS_BEFORE_WAIT
+        ready, _, _ = select.select([conn], [], [], _IDLE_WAIT_S if slow else 0.0)
         if not ready:
             idle += 1
-            await poll
+            await (idle_poll if slow else poll)
             continue
         try:
             data = conn.recv(65536)
