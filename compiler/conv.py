@@ -486,10 +486,61 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
                            buffers=buffers, spt=spt, slabs=len(keys))
 
 
+def _global_pool_pixels(cfg, ly: SpatialSpec) -> list[tuple[int, int]] | None:
+    """The window positions of a pooling layer with a 1x1 output over several channel
+    blocks, whose every block uses the same tile and scale at every position (it can be
+    scheduled pixel-major); else None."""
+    nb = layout.blocks(cfg, ly.n)
+    if ly.kind not in ("avgpool", "maxpool") or ly.out_hw != (1, 1) or nb < 2:
+        return None
+    first = ly.taps_of(0)
+    for n in range(nb):
+        taps = ly.taps_of(n)
+        if len(taps) != len(first) or any(
+                (t.src, t.k, t.ky, t.kx, t.tile, t.mul) != (0, n, f.ky, f.kx, first[0].tile,
+                                                            first[0].mul)
+                for t, f in zip(taps, first, strict=True)):
+            return None
+    return [(t.ky, t.kx) for t in first]
+
+
+def _uniform_store(g: GraphIR, ly: SpatialSpec) -> bool:
+    """One STORE can write every block of a 1x1 output: one line per block, full blocks and
+    the same requantization for every channel."""
+    cfg = g.config
+    dst = g.tensor(ly.dst)
+    return layout.padded_rows(cfg, dst.rows) == 1 and ly.n % cfg.cols == 0 and all(
+        np.all(v == v[0]) for v in (ly.bias, ly.mult, ly.shift))
+
+
+def _plan_pixel_major(cfg, g, ly, index, pixels, *, weight_group, param_group,
+                      param_slots) -> SpatialTiling:
+    R, C = cfg.rows, cfg.cols
+    lb = cfg.act_line_bits // cfg.bus_bits
+    nb = layout.blocks(cfg, ly.n)
+    chunk = max(1, min(len(pixels), cfg.act_depth // (2 * nb)))
+    slab = chunk * nb
+    per_compute = max(nb, cfg.weight_tile_beats + 3, _ceil_div(nb + R + C + 1, 2))
+    cost = max(len(pixels) * per_compute, len(pixels) * (_XFER + nb * lb)) \
+        + 2 * _XFER + R + C
+    return SpatialTiling(
+        layer=index, out_tiles=((0, 1, 0, 1),), pitch=1, planes=((0, 0, 0),),
+        slab_lines=slab, slabs=nb, act_slots=cfg.act_depth // slab, act_resident=True,
+        weight_resident=True, param_resident=nb <= param_group * param_slots,
+        acc_buffers=min(2, cfg.acc_depth // nb), acc_lines=nb, est_cycles=int(cost),
+        n_computes=len(pixels), n_stores=1 if _uniform_store(g, ly) else nb,
+        pixel_major=chunk)
+
+
 def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
                  weight_group: int, weight_slots: int, param_group: int,
                  param_slots: int) -> SpatialTiling:
     """Choose the output tiles of a spatial layer (see the module docstring)."""
+    pixels = _global_pool_pixels(cfg, ly)
+    if pixels is not None and layout.blocks(cfg, ly.n) <= min(cfg.act_depth,
+                                                              cfg.acc_depth // 2):
+        return _plan_pixel_major(cfg, g, ly, index, pixels, weight_group=weight_group,
+                                 param_group=param_group, param_slots=param_slots)
     oh, ow = ly.out_hw
     acc_cap = cfg.acc_depth // 2
     ring = weight_group * weight_slots
@@ -530,6 +581,15 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
 def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> None:
     cfg = t.config
     where = f"layer {lt.layer}"
+    if lt.pixel_major:
+        pixels = _global_pool_pixels(cfg, ly)
+        nb = layout.blocks(cfg, ly.n)
+        if pixels is None or lt.n_computes != len(pixels) or lt.acc_lines != nb \
+                or lt.slab_lines != lt.pixel_major * nb \
+                or lt.act_slots * lt.slab_lines > cfg.act_depth \
+                or lt.acc_buffers * lt.acc_lines > cfg.acc_depth or lt.acc_buffers < 1:
+            raise CompileError(f"{where}: inconsistent pixel-major tiling")
+        return
     oh, ow = ly.out_hw
     covered = np.zeros((oh, ow), np.int64)
     for y0, r, x0, c in lt.out_tiles:
@@ -680,6 +740,10 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     if lt.param_resident:
         for grp in range(p_groups):
             load_params(grp, first)
+    if lt.pixel_major:
+        _pixel_major(t, bld, ly, lt, tile_no, state, load_weights, load_params, w_slot,
+                     p_slot, ahead)
+        return
     for ti, tile in enumerate(lt.out_tiles):
         tile_first.append(len(bld.computes))
         state["xfer"] = 0
@@ -733,6 +797,69 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
             bld.stores.setdefault(ci, []).extend(ops)
             bld.p_use[pline_no] = ci
     bld.state = (state["wpos"], state["ppos"], tile_no)
+
+
+def _pixel_major(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling, tile_no,
+                 state, load_weights, load_params, w_slot, p_slot, ahead) -> None:
+    """Global pooling: per input pixel one LOAD gathers its channel blocks (2-D: ``rows``
+    = blocks, ``stride`` = one block plane) and one COMPUTE streams them, accumulator line
+    ``n`` collecting block ``n``."""
+    cfg, g = t.config, t.graph
+    R, C = cfg.rows, cfg.cols
+    lb = cfg.act_line_bits // cfg.bus_bits
+    wtb, wg, pg = cfg.weight_tile_beats, t.weight_group, t.param_group
+    src, dst = g.tensor(ly.srcs[0]), g.tensor(ly.dst)
+    mp, dst_mp = layout.padded_rows(cfg, src.rows), layout.padded_rows(cfg, dst.rows)
+    written = bld.written[ly.srcs[0]]
+    nb = layout.blocks(cfg, ly.n)
+    oy, ox = ly.origins[0]
+    wb = src.buf_hw[1]
+    tap0 = ly.taps_of(0)[0]
+    acc0 = (tile_no % lt.acc_buffers) * lt.acc_lines
+    chunk = lt.pixel_major
+    line0 = blocker = 0
+    for j, (ky, kx) in enumerate(_global_pool_pixels(cfg, ly)):
+        ci = len(bld.computes)
+        if j % chunk == 0:
+            line0 = (state["apos"] % lt.act_slots) * lt.slab_lines
+            state["apos"] += 1
+            blocker = int(bld.act_use[line0:line0 + lt.slab_lines].max())
+        sline = (oy + ky) * wb + ox + kx
+        sb = int(written[:, sline].max())
+        sp = line0 + (j % chunk) * nb
+        op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=sp * lb, rows=nb,
+                     row_beats=lb, dram_addr=sline * R, stride=mp * R, region=src.name,
+                     note=f"{ly.name} pixel {ky},{kx}")
+        bld.add_load(op, ci, 1, max(blocker, sb), sb, early=ahead(ci, nb * lb, 1, nb))
+        grp = tap0.tile // wg
+        if grp not in w_slot:
+            load_weights(grp, ci, nb)
+        word = (w_slot[grp] * wg + tap0.tile - grp * wg) * wtb
+        op = Op.make(Opcode.COMPUTE, act_addr=sp, weight_addr=word, acc_addr=acc0, rows=nb,
+                     accumulate=int(j > 0), act_unsigned=int(ly.act_unsigned[0]),
+                     mul_m1=tap0.mul - 1, acc_max=int(ly.acc_max and j > 0),
+                     note=f"{ly.name} pixel {ky},{kx}")
+        bld.computes.append((op, lt.layer))
+        bld.act_use[sp:sp + nb] = ci
+        bld.w_use[word:word + wtb] = ci
+    ci = len(bld.computes) - 1
+    line = dst.line(0, 0)
+    blocks = [(0, nb)] if _uniform_store(g, ly) else [(n, 1) for n in range(nb)]
+    ops = []
+    for n, count in blocks:
+        pgrp = n // pg
+        if pgrp not in p_slot:
+            load_params(pgrp, ci)
+        pline_no = p_slot[pgrp] * pg + n - pgrp * pg
+        ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + n, rows=count, param_addr=pline_no,
+                           relu=int(ly.relu), out_bits=ly.out_bits,
+                           out_unsigned=int(ly.out_unsigned),
+                           dram_addr=(n * dst_mp + line) * C, region=ly.dst,
+                           note=f"{ly.name} blocks {n}..{n + count - 1}"))
+        bld.written[ly.dst][n:n + count, line] = ci
+        bld.p_use[pline_no] = ci
+    bld.stores.setdefault(ci, []).extend(ops)
+    bld.state = (state["wpos"], state["ppos"], tile_no + 1)
 
 
 # -- program inputs and outputs -------------------------------------------------------------

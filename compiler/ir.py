@@ -271,6 +271,11 @@ class SpatialTiling:
     slots of ``slab_lines``; ``act_resident`` means every slab of an output tile stays
     loaded while all its output blocks are computed (otherwise slabs are loaded again for
     every output block).
+
+    ``pixel_major`` (a pooling layer with a 1x1 output, several channel blocks): instead,
+    each input pixel's channel blocks are gathered by one LOAD into consecutive lines
+    (``pixel_major`` pixels per slab), and one COMPUTE per pixel covers every block,
+    accumulator line ``n`` holding output block ``n``.
     """
 
     layer: int
@@ -288,8 +293,14 @@ class SpatialTiling:
     est_cycles: int
     n_computes: int
     n_stores: int
+    pixel_major: int = 0
 
     def dump(self) -> str:
+        if self.pixel_major:
+            return (f"  layer {self.layer}: pixel-major, {self.pixel_major} pixels x "
+                    f"{self.slabs} blocks per slab, act slots={self.act_slots}; acc "
+                    f"{self.acc_buffers} x {self.acc_lines} lines; {self.n_computes} "
+                    f"computes, {self.n_stores} stores; est {self.est_cycles} cycles")
         y0, rows, x0, cols = self.out_tiles[0]
         return (f"  layer {self.layer}: {len(self.out_tiles)} output tiles of up to {rows}x"
                 f"{cols} pixels, pitch {self.pitch}, {len(self.planes)} phase planes, slab "

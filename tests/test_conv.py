@@ -246,6 +246,29 @@ def test_pooling(name, signed):
     assert maxes and all(i.accumulate for i in maxes)
 
 
+@pytest.mark.parametrize("channels", [24, 20])
+def test_global_pooling_is_pixel_major(channels):
+    """A 1x1-output pooling over several blocks: one LOAD (rows = blocks, stride = one
+    block plane) and one COMPUTE (rows = blocks) per pixel; one STORE for all blocks when
+    they are full and share their requantization."""
+    cfg = PRESETS["8x8"]
+    rng = np.random.default_rng(channels)
+    x = _image(rng, (5, 7, channels), signed=False)
+    g = Graph("gap", weight_bits=8)
+    a = g.input("x", (5, 7, channels), signed=False, calib=x)
+    h = g.conv2d(a, rng.integers(-128, 128, (3, 3, channels, channels)), padding=1,
+                 act="relu")
+    g.output(g.global_avg_pool(h), g.max_pool2d(h, (5, 7)))
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (5, 7, channels), signed=False)})
+    nb = -(-channels // 8)
+    gathers = [i for i in prog.instrs if i.opcode == Opcode.LOAD and i.rows == nb
+               and i.stride == 5 * 7 * 8 and i.row_beats == 1]
+    computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE and i.rows == nb]
+    assert len(gathers) == len(computes) == 2 * 35
+    stores = [i for i in prog.instrs if i.opcode == Opcode.STORE and i.rows <= nb]
+    assert len(stores) == (2 if channels % 8 == 0 else 2 * nb)
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny-w2", "8x8"])
 def test_residual_add_with_different_scales(name):
     cfg = CONFIGS[name]
