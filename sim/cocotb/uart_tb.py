@@ -5,7 +5,8 @@ test with a JSON job file named by ``LOWBIT_UART_JOB``. The test resets the DUT,
 ``host:port`` (port 0: any free port; the port is written to ``port_file``) and relays, for
 one client at a time, every byte received from the socket to ``uart_rx`` (8N1,
 ``clocks_per_bit`` clocks per bit, bit-banged) and every byte decoded from ``uart_tx`` to the
-socket. It ends when ``stop_file`` exists and no client is connected, or after
+socket. It ends when ``stop_file`` exists (a connected client is dropped once its link has
+been idle for a while), when the process that started the simulator exits, or after
 ``max_seconds`` of wall time, and writes statistics to ``result``.
 
 While no byte is waiting, simulated time advances in steps of ``poll_cycles``; after a while
@@ -43,8 +44,14 @@ class _Stats:
         self.busy_seconds = 0.0
 
 
-async def _drive_rx(dut, conn, cpb, period, poll_cycles, stats):
-    """Socket -> ``uart_rx``. Returns when the client closes the connection."""
+def _abandoned(stop_file: Path, parent: int) -> bool:
+    """Asked to stop, or the process that started the simulator is gone."""
+    return stop_file.exists() or os.getppid() != parent
+
+
+async def _drive_rx(dut, conn, cpb, period, poll_cycles, stats, quit_check):
+    """Socket -> ``uart_rx``. Returns when the client closes the connection, or when
+    ``quit_check()`` is true while the link is idle."""
     bit = Timer(cpb * period, unit="ns")
     poll = Timer(poll_cycles * period, unit="ns")
     idle_poll = Timer(_IDLE_POLL_CYCLES * period, unit="ns")
@@ -56,6 +63,8 @@ async def _drive_rx(dut, conn, cpb, period, poll_cycles, stats):
         ready, _, _ = select.select([conn], [], [], _IDLE_WAIT_S if slow else 0.0)
         if not ready:
             idle += 1
+            if slow and idle % 256 == 0 and quit_check():
+                return
             await (idle_poll if slow else poll)
             continue
         try:
@@ -126,9 +135,14 @@ async def serve(dut):
     tmp.write_text(str(server.getsockname()[1]))
     os.replace(tmp, port_file)
     stop_file = Path(job["stop_file"])
+    parent = os.getppid()
+
+    def quit_check():
+        return _abandoned(stop_file, parent) or time.monotonic() > deadline
+
     start_wall = time.perf_counter()
     try:
-        while not stop_file.exists() and time.monotonic() < deadline:
+        while not quit_check():
             ready, _, _ = select.select([server], [], [], 0.005)
             if not ready:
                 await Timer(1000 * period, unit="ns")
@@ -138,7 +152,7 @@ async def serve(dut):
             stats.clients += 1
             watcher = cocotb.start_soon(_watch_tx(dut, conn, cpb, period, stats))
             try:
-                await _drive_rx(dut, conn, cpb, period, poll_cycles, stats)
+                await _drive_rx(dut, conn, cpb, period, poll_cycles, stats, quit_check)
                 await Timer(20 * cpb * period, unit="ns")   # let a last reply byte finish
             finally:
                 watcher.cancel()
