@@ -225,13 +225,13 @@ def test_axi_ram_parameter_errors(kwargs, exc, msg):
 
 # -- UART ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cpb", [4, 7])
-def test_uart_loopback_back_to_back(cpb):
+@pytest.mark.parametrize("cpb,n", [(4, 24), (7, 24), (104, 2)])   # 104: 12 MHz, 115200 baud
+def test_uart_loopback_back_to_back(cpb, n):
     m = Module()
     m.submodules.tx = tx = UartTx(cpb)
     m.submodules.rx = rx = UartRx(cpb)
     m.d.comb += rx.rx.eq(tx.tx)
-    data = [random.Random(cpb).randrange(256) for _ in range(24)] + [0x00, 0xFF, 0x55]
+    data = [random.Random(cpb).randrange(256) for _ in range(n)] + [0x00, 0xFF, 0x55]
     got, takes = [], []
 
     async def tb(ctx):
