@@ -79,14 +79,36 @@ class BoardClient:
             raise BoardError(f"{what}: expected ACK ({ACK:#04x}), got {reply:#04x} "
                              f"(protocol out of step; call resync())")
 
-    def resync(self) -> None:
-        """Stay silent until the bridge has abandoned any partial command; drop its output."""
-        time.sleep(self.resync_s)
-        self.t.drain(self.resync_s)
+    def resync(self, *, attempts: int = 5) -> BoardInfo:
+        """Stay silent until the bridge has abandoned any partial command, drop its output
+        and check with INFO; the silence doubles on each failed attempt (a simulated board
+        may run slower than its nominal clock). Returns the board's INFO."""
+        wait = self.resync_s
+        size = struct.calcsize(INFO_FORMAT)
+        for _ in range(attempts):
+            time.sleep(wait)
+            self.t.drain(wait)
+            self.t.write(bytes([Command.INFO]))
+            try:
+                return BoardInfo.unpack(self.t.read(size, timeout_s=wait + 2 * size *
+                                                    self.byte_s))
+            except (TransportError, ValueError):
+                wait *= 2
+        raise BoardError(f"cannot resynchronise with the board on {self.t.name} after "
+                         f"{attempts} attempts (is it a lowbit board bitstream at this baud "
+                         f"rate?)")
 
-    def info(self) -> BoardInfo:
+    def info(self, *, timeout_s: float | None = None) -> BoardInfo:
+        """The board's INFO (``timeout_s``: this reply's timeout instead of the client's)."""
         self.t.write(bytes([Command.INFO]))
-        data = self._reply(struct.calcsize(INFO_FORMAT), "INFO")
+        size = struct.calcsize(INFO_FORMAT)
+        if timeout_s is not None:
+            try:
+                data = self.t.read(size, timeout_s=timeout_s + size * self.byte_s)
+            except TransportError as exc:
+                raise BoardError(f"INFO: no reply from the board ({exc})") from None
+        else:
+            data = self._reply(size, "INFO")
         try:
             return BoardInfo.unpack(data)
         except ValueError as exc:
@@ -192,10 +214,9 @@ def run_board(program: Program, inputs: dict[str, np.ndarray], *, port: str | No
     with open_transport(port, baud=baud) as link:
         client = BoardClient(link, baud=baud, timeout_s=io_timeout_s)
         try:
-            info = client.info()
+            info = client.info(timeout_s=0.5)   # answered at once unless out of step
         except BoardError:
-            client.resync()        # a half-sent command from an earlier, interrupted run
-            info = client.info()
+            info = client.resync()   # a half-sent command from an earlier, interrupted run
         cfg = program.config
         if info.version != PROTOCOL_VERSION:
             raise BoardError(f"the board speaks bridge protocol version {info.version}, "

@@ -430,7 +430,7 @@ def test_board_protocol_memory_csr_status_and_resync(board):
         assert not c.status() & StatusBit.PROTOCOL_ERROR     # cleared once reported
 
         link.write(struct.pack("<BBIH", Command.WRITE_MEM, 0, 0x10, 100) + b"x" * 10)
-        c.resync()                                   # the bridge abandons the command
+        assert c.resync() == info                    # the bridge abandons the command
         assert c.info() == info
         assert c.status() & StatusBit.PROTOCOL_ERROR
         assert c.read_mem(Space.DATA, 0x10, 10) == b"x" * 10
@@ -445,6 +445,16 @@ def test_board_protocol_memory_csr_status_and_resync(board):
         print(f"\nUART sim: write {len(big) / (t1 - t0):.0f} B/s, read "
               f"{len(big) / (t2 - t1):.0f} B/s wall ({CPB} clocks per bit)")
     assert link.sent and link.received >= len(big)
+
+
+def test_board_run_recovers_from_an_interrupted_command(board):
+    with open_transport(board.port) as link:   # a host that died halfway through a command
+        link.write(struct.pack("<BBIH", Command.WRITE_MEM, 0, 0, 500) + b"z" * 7)
+    prog, x, want = _gemm(6, 9, 5, True, False, 7)
+    t0 = time.perf_counter()
+    res = run(prog, {"x": x}, backend="board", port=board.port)
+    assert np.array_equal(res.outputs["y"], want)
+    assert time.perf_counter() - t0 < 10
 
 
 def test_board_refuses_other_configs_and_oversized_programs(board):
