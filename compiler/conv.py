@@ -42,6 +42,12 @@ presets ``tiny``, ``8x8``, ``16x16`` and ``default`` have ``act_line_bits == bus
 so that a LOAD can gather single pixels. Configs with several lines per beat are refused
 with a :class:`CompileError` naming the numbers (``lowbit.compiler`` has no im2col copy).
 
+A pooling layer with a ``1 x 1`` output over several channel blocks (global pooling) is
+scheduled *pixel-major* instead: one 2-D LOAD per input pixel gathers its channel blocks
+into consecutive lines (``rows`` = blocks, ``stride`` = one block plane) and one COMPUTE per
+pixel streams them into accumulator lines ``0 .. blocks-1``, rather than one one-line
+COMPUTE per pixel and block.
+
 Tiles are chosen by a cost model (larger tiles amortise loads and per-instruction costs;
 they must fit half the accumulator memory and the activation scratchpad). Weight tiles
 stay resident when the layer's distinct tiles fit the weight ring, otherwise they stream in
