@@ -229,6 +229,8 @@ def cmd_run(args) -> int:
 
     if args.waves and args.backend != "rtl":
         raise ValueError("--waves needs --backend rtl")
+    if args.backend == "board" and not args.port:
+        raise ValueError("--backend board needs --port (a serial device, or sim://HOST:PORT)")
     _check_output(args.output)
     program = _load_program(args.program)
     inputs, source = _load_inputs(program, args.input, args.seed)
@@ -238,6 +240,8 @@ def cmd_run(args) -> int:
         opts["waves"] = args.waves
         if args.run_dir:
             opts["out_dir"] = args.run_dir
+    if args.backend == "board":
+        opts.update(port=args.port, baud=args.baud)
     result = run(program, inputs, backend=args.backend, mem_latency=args.mem_latency, **opts)
     _print_result(result, program)
     if args.output:
@@ -369,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="rtl backend: write an FST waveform")
             p.add_argument("--run-dir", metavar="DIR",
                            help="rtl backend: keep the simulation files in DIR")
+            p.add_argument("--port", metavar="DEV",
+                           help="board backend: serial device or sim://HOST:PORT")
+            p.add_argument("--baud", type=_int_arg, default=115200,
+                           help="board backend: UART baud rate (default: %(default)s)")
             p.set_defaults(func=cmd_run)
         else:
             p.set_defaults(func=cmd_cosim)
