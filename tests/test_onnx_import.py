@@ -1,0 +1,440 @@
+"""ONNX import (QDQ and QONNX) against onnxruntime running the same model.
+
+Models are built in code with ``onnx.helper`` (float models quantized by
+``onnxruntime.quantization.quantize_static`` on a small calibration reader, hand-written QDQ
+and QONNX graphs). The reference is onnxruntime: it requantizes with float scales and rounds
+half to even, the graph with ``mult / 2^shift`` and half away from zero, so outputs agree
+within one LSB and mostly exactly; the compiled program must then equal ``Graph.forward``
+bit for bit.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from lowbit.compiler import pack_inputs, unpack_outputs
+from lowbit.compiler.onnx_import import (
+    OnnxImportError,
+    compile_onnx,
+    import_onnx,
+    main,
+)
+from lowbit.config import PRESETS
+from lowbit.executors import run
+
+QONNX = "qonnx.custom_op.general"
+
+
+def _f32(name, a):
+    return nh.from_array(np.asarray(a, np.float32), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=13, extra_domains=()):
+    g = oh.make_graph(nodes, "net", inputs, outputs, inits)
+    ops = [oh.make_opsetid("", opset)] + [oh.make_opsetid(d, 1) for d in extra_domains]
+    m = oh.make_model(g, opset_imports=ops)
+    m.ir_version = 8
+    return m
+
+
+def _vi(name, shape):
+    return oh.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, name, shape, n=8, seed=0):
+        rng = np.random.default_rng(seed)
+        self._it = iter([{name: rng.normal(0, 1, shape).astype(np.float32)}
+                         for _ in range(n)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def _quantize(tmp_path, model, shape, **kw):
+    src, dst = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
+    onnx.save(model, src)
+    quantize_static(str(src), str(dst), _Reader("x", shape), quant_format=QuantFormat.QDQ,
+                    **kw)
+    return dst
+
+
+def _cnn(rng):
+    """conv3x3-relu-maxpool, conv3x3-relu, residual add, global average pool, flatten, gemm
+    (NCHW 1x3x8x8 -> 10)."""
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1],
+                     kernel_shape=[3, 3], name="conv1"),
+        oh.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        oh.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2],
+                     name="pool1"),
+        oh.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
+                     kernel_shape=[3, 3], name="conv2"),
+        oh.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        oh.make_node("Add", ["r2", "p1"], ["a1"], name="add"),
+        oh.make_node("GlobalAveragePool", ["a1"], ["gp"], name="gap"),
+        oh.make_node("Flatten", ["gp"], ["f"], name="flatten"),
+        oh.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [_f32("w1", rng.normal(0, .3, (8, 3, 3, 3))), _f32("b1", rng.normal(0, .1, 8)),
+             _f32("w2", rng.normal(0, .2, (8, 8, 3, 3))), _f32("b2", rng.normal(0, .1, 8)),
+             _f32("wf", rng.normal(0, .3, (10, 8))), _f32("bf", rng.normal(0, .1, 10))]
+    return _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 10])], inits)
+
+
+def _strided(rng):
+    """conv 3x3 stride 2 (4 -> 8 channels), relu, average pool 2x2, reshape, matmul
+    (NCHW 1x4x8x8 -> 6): the flatten of a 2x2x8 map needs the weight rows permuted."""
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2],
+                     kernel_shape=[3, 3], name="conv1"),
+        oh.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        oh.make_node("AveragePool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2],
+                     name="avg"),
+        oh.make_node("Reshape", ["p1", "shape"], ["f"], name="reshape"),
+        oh.make_node("MatMul", ["f", "wm"], ["y"], name="mm"),
+    ]
+    inits = [_f32("w1", rng.normal(0, .3, (8, 4, 3, 3))), _f32("b1", rng.normal(0, .1, 8)),
+             nh.from_array(np.array([1, -1], np.int64), "shape"),
+             _f32("wm", rng.normal(0, .3, (32, 6)))]
+    return _model(nodes, [_vi("x", [1, 4, 8, 8])], [_vi("y", [1, 6])], inits)
+
+
+def _agreement(g, model, shape, n=24, seed=1, rename=lambda name: name):
+    """Integers ``q - zero_point`` of every quantized tensor, the graph's (``g.evaluate``)
+    minus onnxruntime's, over ``n`` random inputs: ``{onnx_name: differences}`` (the model
+    output under the key ``"output"``), and the last graph inputs."""
+    m = onnx.load(model) if not isinstance(model, onnx.ModelProto) else model
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    names = [k for k in g.quantized if rename(k) not in {o.name for o in m.graph.output}]
+    for k in names:
+        m2.graph.output.append(oh.make_empty_tensor_value_info(rename(k)))
+    sess = ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in m2.graph.output]
+    rng = np.random.default_rng(seed)
+    (oname,) = g.onnx_outputs
+    scale = g.onnx_outputs[oname][1]
+    diffs = {k: [] for k in names + ["output"]}
+    for _ in range(n):
+        x = rng.normal(0, 1, shape).astype(np.float32)
+        res = dict(zip(out_names, sess.run(None, {"x": x}), strict=True))
+        feeds = g.quantize_inputs({"x": x})
+        vals = g.evaluate(feeds)
+        for k in names:
+            gname, zero, perm = g.quantized[k]
+            want = np.asarray(res[rename(k)])
+            if want.dtype.kind == "f":          # a QONNX reference: dequantized values
+                want = np.round(want / g.tensors[gname].scale)
+            got = g.to_onnx_layout(vals[gname], perm)
+            diffs[k].append((got - (want.astype(np.int64) - zero).reshape(got.shape)).ravel())
+        want = np.round(res[oname] / scale).astype(np.int64)
+        got = g.integer_outputs({n_: vals[n_] for n_ in g.outputs})[oname]
+        diffs["output"].append((got - want.reshape(got.shape)).ravel())
+    return {k: np.concatenate(v) for k, v in diffs.items()}, feeds
+
+
+def _check_agreement(d, *, exact=0.95, output_lsb=1):
+    """Each quantized tensor within 1 LSB of onnxruntime (computed from the same inputs the
+    two agree on up to that tensor), ``exact`` of the elements equal; the model output within
+    ``output_lsb`` (1-LSB differences upstream propagate)."""
+    for k, v in d.items():
+        if k == "output":
+            assert np.abs(v).max() <= output_lsb, k
+        else:
+            assert np.abs(v).max() <= 1, k
+            assert (v == 0).mean() >= exact, (k, (v == 0).mean())
+
+
+def _check_compiled(g, cfg, feeds, backends=("reference", "sim")):
+    from lowbit.compiler import compile_network
+
+    batch = max(v.shape[0] for v in feeds.values()) if g.ops[0].kind == "linear" else 1
+    prog = compile_network(g, cfg, batch=batch)
+    want = g.forward(feeds)
+    for backend in backends:
+        res = run(prog, pack_inputs(prog, feeds), backend=backend)
+        got = unpack_outputs(prog, res.outputs)
+        for k, v in want.items():
+            assert np.array_equal(got[k], v), (backend, k)
+    return prog
+
+
+# -- QDQ from quantize_static ---------------------------------------------------------------
+
+
+def test_cnn_per_channel_int8(tmp_path):
+    path = _quantize(tmp_path, _cnn(np.random.default_rng(0)), (1, 3, 8, 8),
+                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                     per_channel=True, extra_options={"ActivationSymmetric": True})
+    g = import_onnx(path)
+    assert g.weight_bits == 8
+    kinds = [op.kind for op in g.ops]
+    # the Relus are fused into their convolutions (int8 after ReLU = unsigned 7 bits)
+    assert kinds == ["conv", "maxpool", "conv", "add", "avgpool", "flatten", "linear"]
+    assert [g.tensors[op.dst].bits for op in g.ops[:3]] == [7, 7, 7]
+    assert not any(g.tensors[op.dst].signed for op in g.ops[:3])
+    d, feeds = _agreement(g, path, (1, 3, 8, 8))
+    _check_agreement(d)
+    _check_compiled(g, PRESETS["8x8"], feeds)
+
+
+def test_strided_uint8_per_tensor(tmp_path):
+    """uint8 activations with zero point 128 (symmetric) are int8 with zero point 0; 0
+    after the ReLU; per-tensor weights; AveragePool, Reshape, MatMul."""
+    path = _quantize(tmp_path, _strided(np.random.default_rng(1)), (1, 4, 8, 8),
+                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                     per_channel=False, extra_options={"ActivationSymmetric": True})
+    g = import_onnx(path)
+    (name,) = g.inputs
+    assert g.tensors[name].signed and g.onnx_inputs["x"][2] == 128
+    d, feeds = _agreement(g, path, (1, 4, 8, 8))
+    # the 2x2 average is a tie (sum = 2 mod 4) for a quarter of the windows: onnxruntime
+    # rounds those to even, the graph away from zero
+    # rounds those to even, the graph away from zero; the MatMul after it sees inputs that
+    # differ by one LSB
+    _check_agreement({k: d[k] for k in ("x_QuantizeLinear_Output", "r1_QuantizeLinear_Output")})
+    for k in ("p1_QuantizeLinear_Output", "f_QuantizeLinear_Output"):
+        assert np.abs(d[k]).max() <= 1
+        assert (d[k] == 0).mean() >= 0.75
+    assert np.abs(d["output"]).max() <= 3
+    _check_compiled(g, PRESETS["8x8"], feeds)
+
+
+def test_asymmetric_input_refused(tmp_path):
+    path = _quantize(tmp_path, _cnn(np.random.default_rng(0)), (1, 3, 8, 8),
+                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    with pytest.raises(OnnxImportError, match=r"^node 'x_QuantizeLinear' \(QuantizeLinear\): "
+                       r"zero point \d+ of range 0\.\.255 gives integers -?\d+\.\.\d+; "
+                       r"supported: ranges -2\^\(b-1\)\.\.2\^\(b-1\)-1 or 0\.\.2\^b-1"):
+        import_onnx(path)
+
+
+# -- hand-written QDQ -----------------------------------------------------------------------
+
+
+def _qdq_matmul(rng, *, k=24, n=12, wbits=4, per_channel=True):
+    """x (float) -> Q/DQ (int8) -> MatMul with int8-stored ``wbits``-bit weights (DQ) ->
+    Q/DQ -> y."""
+    top = (1 << (wbits - 1)) - 1
+    wq = rng.integers(-top - 1, top + 1, (k, n)).astype(np.int8)
+    ws = (rng.uniform(0.5, 1.5, n) * 0.3 / top).astype(np.float32)
+    if not per_channel:
+        ws = ws[:1].reshape(())
+    sx, sy = np.float32(0.02), np.float32(0.05)
+    zero = np.int8(0)
+    nodes = [
+        oh.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="qx"),
+        oh.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="dqx"),
+        oh.make_node("DequantizeLinear", ["wq", "ws"], ["wd"], axis=1, name="dqw"),
+        oh.make_node("MatMul", ["xd", "wd"], ["m"], name="matmul"),
+        oh.make_node("QuantizeLinear", ["m", "sy", "zy"], ["yq"], name="qy"),
+        oh.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"], name="dqy"),
+    ]
+    inits = [nh.from_array(wq, "wq"), nh.from_array(ws, "ws"),
+             nh.from_array(np.array(sx), "sx"), nh.from_array(np.array(zero), "zx"),
+             nh.from_array(np.array(sy), "sy"), nh.from_array(np.array(zero), "zy")]
+    return _model(nodes, [_vi("x", [4, k])], [_vi("y", [4, n])], inits), wq
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_matmul_4bit(tmp_path, per_channel):
+    m, wq = _qdq_matmul(np.random.default_rng(2), per_channel=per_channel)
+    path = tmp_path / "mm.onnx"
+    onnx.save(m, path)
+    g = import_onnx(path)
+    assert g.weight_bits == 4                    # int8 storage, values in -8..7
+    assert np.array_equal(g.ops[0].weight, wq)
+    d, feeds = _agreement(g, path, (4, 24), n=40)
+    _check_agreement(d)
+    _check_compiled(g, PRESETS["tiny"], feeds)   # W4A8
+    # an explicit width must hold the weights
+    with pytest.raises(OnnxImportError, match=r"^node 'matmul' \(MatMul\): weights range "
+                       r"-8\.\.7 does not fit weight_bits=3; supported: -4\.\.3$"):
+        import_onnx(m, weight_bits=3)
+
+
+def test_compile_onnx(tmp_path):
+    m, _ = _qdq_matmul(np.random.default_rng(3))
+    cfg = PRESETS["tiny"]
+    g, prog = compile_onnx(m, cfg)
+    assert g.weight_bits == cfg.weight_bits
+    x = np.random.default_rng(4).normal(0, 1, (4, 24)).astype(np.float32)
+    feeds = g.quantize_inputs({"x": x})
+    res = run(prog, pack_inputs(prog, feeds), backend="reference")
+    got = g.dequantize_outputs(unpack_outputs(prog, res.outputs))["y"]
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= 0.05 + 1e-6     # one LSB of the output scale
+
+
+# -- QONNX ----------------------------------------------------------------------------------
+
+
+def _quant(x, out, scale, bits, *, signed=1, narrow=0, mode="ROUND", name=None):
+    """A QONNX Quant node and its initializers (scale, zero point 0, bit width)."""
+    inits = [_f32(f"{out}_s", scale), _f32(f"{out}_z", 0.0), _f32(f"{out}_b", bits)]
+    node = oh.make_node("Quant", [x, f"{out}_s", f"{out}_z", f"{out}_b"], [out],
+                        domain=QONNX, signed=signed, narrow=narrow, rounding_mode=mode,
+                        name=name or f"quant_{out}")
+    return [node], inits
+
+
+def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None):
+    """Brevitas-like: Quant(x) -> Conv(Quant(w)) -> Relu -> Quant(unsigned) -> Flatten ->
+    Gemm(Quant(w)) -> Quant(signed)."""
+    wbits_fc = wbits_fc or wbits
+    nodes, inits = [], []
+    for n_, i_ in (_quant("x", "xq", 1 / 64, in_bits),
+                   _quant("w1", "w1q", rng.uniform(.02, .05, (6, 1, 1, 1)), wbits, narrow=1),
+                   _quant("wf", "wfq", 0.03, wbits_fc, narrow=1)):
+        nodes += n_
+        inits += i_
+    nodes += [oh.make_node("Conv", ["xq", "w1q", "b1"], ["c1"], pads=[1, 1, 1, 1],
+                           kernel_shape=[3, 3], name="conv1"),
+              oh.make_node("Relu", ["c1"], ["r1"], name="relu1")]
+    n_, i_ = _quant("r1", "a1", 0.05, abits, signed=0)
+    nodes += n_ + [oh.make_node("Flatten", ["a1"], ["f"], name="flatten"),
+                   oh.make_node("Gemm", ["f", "wfq"], ["g"], transB=1, name="fc")]
+    inits += i_
+    n_, i_ = _quant("g", "y", 0.1, 8)
+    nodes += n_
+    inits += i_ + [_f32("w1", rng.normal(0, .1, (6, 2, 3, 3))),
+                   _f32("b1", rng.normal(0, .1, 6)), _f32("wf", rng.normal(0, .1, (5, 96)))]
+    return _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", [1, 5])], inits,
+                  extra_domains=(QONNX,))
+
+
+def _qonnx_to_qdq(m):
+    """The reference: every Quant as Clip -> QuantizeLinear -> DequantizeLinear (int8/uint8
+    storage; the clip to the bit width's range is exact before rounding), run by
+    onnxruntime."""
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    attrs_of = {}
+    inits = {i.name: nh.to_array(i) for i in m2.graph.initializer}
+    new_nodes, new_inits = [], []
+    for n in m2.graph.node:
+        if n.op_type != "Quant":
+            new_nodes.append(n)
+            continue
+        a = {x.name: oh.get_attribute_value(x) for x in n.attribute}
+        attrs_of[n.name] = a
+        bits, scale = int(inits[n.input[3]]), inits[n.input[1]]
+        signed, narrow = a.get("signed", 1), a.get("narrow", 0)
+        lo = -(1 << (bits - 1)) + narrow if signed else 0
+        hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+        o = n.output[0]
+        if scale.size > 1:       # per-channel weight: quantize in numpy
+            w = inits[n.input[0]]
+            q = np.clip(np.round(w / scale), lo, hi)
+            new_inits.append(_f32(o, q * scale))
+            continue
+        s = float(scale)
+        new_inits += [_f32(f"{o}_lo", lo * s), _f32(f"{o}_hi", hi * s),
+                      nh.from_array(np.array(np.float32(s)), f"{o}_qs"),
+                      nh.from_array(np.array(0, np.int8 if signed else np.uint8), f"{o}_qz")]
+        new_nodes += [
+            oh.make_node("Clip", [n.input[0], f"{o}_lo", f"{o}_hi"], [f"{o}_c"]),
+            oh.make_node("QuantizeLinear", [f"{o}_c", f"{o}_qs", f"{o}_qz"], [f"{o}_q"]),
+            oh.make_node("DequantizeLinear", [f"{o}_q", f"{o}_qs", f"{o}_qz"], [o])]
+    del m2.graph.node[:]
+    m2.graph.node.extend(new_nodes)
+    m2.graph.initializer.extend(new_inits)
+    del m2.opset_import[1:]
+    return m2
+
+
+@pytest.mark.parametrize("wbits,abits", [(4, 6), (2, 8), (8, 4)])
+def test_qonnx(tmp_path, wbits, abits):
+    m = _qonnx_net(np.random.default_rng(wbits), wbits=wbits, abits=abits)
+    g = import_onnx(m)
+    assert g.weight_bits == max(wbits, 2)
+    assert [op.kind for op in g.ops] == ["conv", "flatten", "linear"]
+    assert (g.tensors[g.ops[0].dst].bits, g.tensors[g.ops[0].dst].signed) == (abits, False)
+    path = tmp_path / "ref.onnx"
+    onnx.save(_qonnx_to_qdq(m), path)
+    d, feeds = _agreement(g, path, (1, 2, 4, 4), n=40, rename=lambda k: f"{k}_q")
+    _check_agreement(d)
+    cfg = PRESETS["tiny"].replace(weight_bits=wbits)
+    _check_compiled(g, cfg, feeds, backends=("reference",))
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_unsupported_operator():
+    m, _ = _qdq_matmul(np.random.default_rng(0))
+    m.graph.node[3].op_type = "Sigmoid"
+    m.graph.node[3].name = "act"
+    with pytest.raises(OnnxImportError, match=r"^node 'act' \(Sigmoid\): operator Sigmoid is "
+                       r"not supported; supported: QuantizeLinear, DequantizeLinear, Quant, "
+                       r"Conv, MatMul, Gemm, Add, MaxPool"):
+        import_onnx(m)
+
+
+def test_unsupported_attribute(tmp_path):
+    m = _cnn(np.random.default_rng(0))
+    m.graph.node[0].attribute.append(oh.make_attribute("dilations", [2, 2]))
+    path = _quantize(tmp_path, m, (1, 3, 8, 8), activation_type=QuantType.QInt8,
+                     extra_options={"ActivationSymmetric": True})
+    with pytest.raises(OnnxImportError, match=r"^node 'conv1' \(Conv\): dilations=\[2, 2\] is "
+                       r"not supported; supported: dilations 1$"):
+        import_onnx(path)
+
+
+def test_one_bit_quant_refused():
+    m = _qonnx_net(np.random.default_rng(0), wbits_fc=1)
+    with pytest.raises(OnnxImportError, match=r"^node 'quant_wfq' \(Quant\): bit width 1 is "
+                       r"not supported; supported: bit widths 2 to 8 \(1-bit/bipolar weights "
+                       r"are not mapped\)$"):
+        import_onnx(m)
+
+
+def test_qonnx_bad_rounding_on_activation():
+    m = _qonnx_net(np.random.default_rng(0))
+    for n in m.graph.node:
+        if n.name == "quant_a1":
+            next(a for a in n.attribute if a.name == "rounding_mode").s = b"FLOOR"
+    with pytest.raises(OnnxImportError, match=r"^node 'quant_a1' \(Quant\): rounding_mode "
+                       r"'FLOOR' on an activation is not supported; supported: ROUND"):
+        import_onnx(m)
+
+
+def test_float_weights_refused():
+    m, _ = _qdq_matmul(np.random.default_rng(0))
+    m.graph.initializer[0].CopyFrom(_f32("wq", np.zeros((24, 12))))
+    with pytest.raises(OnnxImportError, match=r"^node 'dqw' \(DequantizeLinear\): input is a "
+                       r"float constant; supported: integer initializers$"):
+        import_onnx(m)
+
+
+def test_malformed_files(tmp_path, capsys):
+    m, _ = _qdq_matmul(np.random.default_rng(0))
+    data = m.SerializeToString()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an onnx file\n")
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(data[: len(data) // 2])
+    for p in (bad, trunc):
+        with pytest.raises(OnnxImportError, match=rf"^{p}: not an ONNX model \("):
+            import_onnx(p)
+    with pytest.raises(OnnxImportError, match=r"cannot read the file"):
+        import_onnx(tmp_path / "missing.onnx")
+    assert main([str(trunc)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {trunc}: not an ONNX model (") and err.count("\n") == 1
+    good = tmp_path / "good.onnx"
+    good.write_bytes(data)
+    assert main([str(good), "--config", "tiny"]) == 0
+    assert "linear(" in capsys.readouterr().out
