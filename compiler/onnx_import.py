@@ -97,6 +97,7 @@ class _QConst:
     scale: np.ndarray
     axis: int
     node: Any
+    bits: int = 8
 
 
 @dataclass
@@ -122,8 +123,9 @@ class _Pending:
     node: Any
     build: Any
     relu: bool = False
-    passthrough: str | None = None   # source tensor of MaxPool/Flatten (format kept)
+    passthrough: str | None = None   # source tensor of MaxPool (format and scale kept)
     perm: np.ndarray | None = None
+    keeps: str | None = None         # source tensor of a pooling (format kept)
 
 
 @dataclass
@@ -376,6 +378,9 @@ class _Importer:
     def weight(self, node, name) -> _QConst:
         v = self.get(node, name)
         if isinstance(v, _QConst):
+            if v.bits > 8:
+                raise _node_err(v.node, f"bit width {v.bits} on weight {name!r} is not "
+                                "supported", "weight bit widths 2 to 8")
             return v
         raise _node_err(node, f"weight {name!r} is not quantized", "weights given as "
                         "DequantizeLinear or QONNX Quant of an integer/float initializer")
@@ -534,9 +539,17 @@ class _Importer:
                                 f"scale {t.scale:.6g}", "the same scale on both sides")
         name = v.build(scale, bits, fmt_relu or v.relu, signed, self.gname(src))
         t = self.g.tensors[name]
-        if v.passthrough is not None and (t.range[0] < qmin - zero or t.range[1] > qmax - zero):
-            raise _node_err(v.node, f"output range {t.range} does not fit "
-                            f"{qmin - zero}..{qmax - zero}", "a range that holds the input's")
+        want = (max(qmin - zero, 0) if fmt_relu else qmin - zero, qmax - zero)
+        if v.keeps is not None and t.range != want:
+            # a pooling keeps its input's format: exact if the result cannot leave it
+            src_scale = self.g.tensors[v.keeps].scale
+            inside = want[0] <= t.range[0] and t.range[1] <= want[1]
+            if not inside or scale < src_scale * (1 - 1e-6):
+                raise _node_err(v.node, f"output range {want[0]}..{want[1]} at scale "
+                                f"{scale:.6g} differs from the input's {t.range[0]}.."
+                                f"{t.range[1]} at scale {src_scale:.6g}",
+                                "the input's range, or a wider one at a scale at least the "
+                                "input's")
         self.vals[out] = _QInt(name, scale, zero, v.perm)
         self.g.quantized[out] = (name, zero, v.perm)
 
@@ -584,7 +597,10 @@ class _Importer:
             raise _node_err(node, f"bit width {bw.tolist()} is not one integer",
                             "integer bit widths 2 to 8")
         bits = int(bw[0])
-        if not 2 <= bits <= 8:
+        v = self.get(node, node.input[0])
+        # biases may be quantized wider (to 32 bits); weights() refuses more than 8
+        top = 32 if isinstance(v, _Const) else 8
+        if not 2 <= bits <= top:
             raise _node_err(node, f"bit width {bits} is not supported",
                             "bit widths 2 to 8 (1-bit/bipolar weights are not mapped)")
         if mode not in _ROUNDING:
@@ -611,7 +627,7 @@ class _Importer:
                                 "per-tensor or per-channel scales")
             axis = nz[0] + x.ndim - scale.ndim if nz else -1
             flat = scale.reshape(-1)
-            self.vals[out] = _QConst(q, flat if nz else flat[:1], axis, node)
+            self.vals[out] = _QConst(q, flat if nz else flat[:1], axis, node, bits)
             return
         if scale.size != 1:
             raise _node_err(node, "per-channel activation quantization is not supported",
@@ -749,7 +765,13 @@ class _Importer:
     def op_Relu(self, node):
         v = self.get(node, node.input[0])
         if isinstance(v, _Pending) and self.consumers.get(node.input[0], 0) == 1:
-            self.vals[node.output[0]] = _Pending(v.node, v.build, True, v.passthrough, v.perm)
+            if v.keeps is not None and self.g.tensors[v.keeps].signed:
+                raise _node_err(node, f"Relu after {v.node.op_type} of a signed tensor",
+                                "Relu on Conv, Gemm, MatMul, Add results or on quantized "
+                                "activations")
+            # on an unsigned source the Relu is the identity
+            self.vals[node.output[0]] = _Pending(v.node, v.build, v.keeps is None,
+                                                 v.passthrough, v.perm, v.keeps)
             return
         x = self.real(node, node.input[0])
 
@@ -782,7 +804,7 @@ class _Importer:
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.max_pool2d(x.t, k, stride=stride,
                                                              padding=pad, name=name))
-        self.pending(node, build, passthrough=x.t)
+        self.pending(node, build, passthrough=x.t, keeps=x.t)
 
     def op_AveragePool(self, node):
         attrs = _attrs(node)
@@ -804,7 +826,7 @@ class _Importer:
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.avg_pool2d(
                 x.t, k, stride=stride, padding=pad, out_scale=scale, name=name))
-        self.pending(node, build)
+        self.pending(node, build, keeps=x.t)
 
     def op_GlobalAveragePool(self, node):
         _check_attrs(node, _attrs(node), {})
@@ -813,7 +835,7 @@ class _Importer:
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.global_avg_pool(x.t, out_scale=scale,
                                                                   name=name))
-        self.pending(node, build)
+        self.pending(node, build, keeps=x.t)
 
     def flatten(self, node, x):
         src = self.g.tensors[x.t]

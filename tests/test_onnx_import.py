@@ -290,17 +290,23 @@ def _quant(x, out, scale, bits, *, signed=1, narrow=0, mode="ROUND", name=None):
     return [node], inits
 
 
-def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None):
-    """Brevitas-like: Quant(x) -> Conv(Quant(w)) -> Relu -> Quant(unsigned) -> Flatten ->
-    Gemm(Quant(w)) -> Quant(signed)."""
+def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None, qbias=False):
+    """Brevitas-like: Quant(x) -> Conv(Quant(w), bias) -> Relu -> Quant(unsigned) ->
+    Flatten -> Gemm(Quant(w)) -> Quant(signed); ``qbias``: the bias through a 32-bit Quant
+    at scale ``s_x * s_w``."""
     wbits_fc = wbits_fc or wbits
     nodes, inits = [], []
-    for n_, i_ in (_quant("x", "xq", 1 / 64, in_bits),
-                   _quant("w1", "w1q", rng.uniform(.02, .05, (6, 1, 1, 1)), wbits, narrow=1),
-                   _quant("wf", "wfq", 0.03, wbits_fc, narrow=1)):
+    w1s = rng.uniform(.02, .05, (6, 1, 1, 1))
+    quants = [_quant("x", "xq", 1 / 64, in_bits),
+              _quant("w1", "w1q", w1s, wbits, narrow=1),
+              _quant("wf", "wfq", 0.03, wbits_fc, narrow=1)]
+    if qbias:
+        quants.append(_quant("b1", "b1q", w1s.reshape(6) / 64, 32))
+    for n_, i_ in quants:
         nodes += n_
         inits += i_
-    nodes += [oh.make_node("Conv", ["xq", "w1q", "b1"], ["c1"], pads=[1, 1, 1, 1],
+    nodes += [oh.make_node("Conv", ["xq", "w1q", "b1q" if qbias else "b1"], ["c1"],
+                           pads=[1, 1, 1, 1],
                            kernel_shape=[3, 3], name="conv1"),
               oh.make_node("Relu", ["c1"], ["r1"], name="relu1")]
     n_, i_ = _quant("r1", "a1", 0.05, abits, signed=0)
@@ -350,14 +356,17 @@ def _qonnx_to_qdq(m):
             oh.make_node("DequantizeLinear", [f"{o}_q", f"{o}_qs", f"{o}_qz"], [o])]
     del m2.graph.node[:]
     m2.graph.node.extend(new_nodes)
-    m2.graph.initializer.extend(new_inits)
+    used = {i for n in new_nodes for i in n.input}
+    keep = [i for i in list(m2.graph.initializer) + new_inits if i.name in used]
+    del m2.graph.initializer[:]
+    m2.graph.initializer.extend(keep)
     del m2.opset_import[1:]
     return m2
 
 
-@pytest.mark.parametrize("wbits,abits", [(4, 6), (2, 8), (8, 4)])
-def test_qonnx(tmp_path, wbits, abits):
-    m = _qonnx_net(np.random.default_rng(wbits), wbits=wbits, abits=abits)
+@pytest.mark.parametrize("wbits,abits,qbias", [(4, 6, False), (2, 8, True), (8, 4, False)])
+def test_qonnx(tmp_path, wbits, abits, qbias):
+    m = _qonnx_net(np.random.default_rng(wbits), wbits=wbits, abits=abits, qbias=qbias)
     g = import_onnx(m)
     assert g.weight_bits == max(wbits, 2)
     assert [op.kind for op in g.ops] == ["conv", "flatten", "linear"]
@@ -409,6 +418,30 @@ def test_qonnx_bad_rounding_on_activation():
     with pytest.raises(OnnxImportError, match=r"^node 'quant_a1' \(Quant\): rounding_mode "
                        r"'FLOOR' on an activation is not supported; supported: ROUND"):
         import_onnx(m)
+
+
+def test_relu_after_signed_maxpool_refused():
+    s, z = nh.from_array(np.array(np.float32(0.05)), "s"), nh.from_array(np.array(np.int8(0)), "z")
+    nodes = [oh.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+             oh.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
+             oh.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2],
+                          name="pool"),
+             oh.make_node("Relu", ["p"], ["r"], name="relu"),
+             oh.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="qr"),
+             oh.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"], name="dqr")]
+    m = _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", [1, 2, 2, 2])], [s, z])
+    with pytest.raises(OnnxImportError, match=r"^node 'relu' \(Relu\): Relu after MaxPool of a "
+                       r"signed tensor; supported: Relu on Conv, Gemm, MatMul, Add results"):
+        import_onnx(m)
+    # without the Relu the map passes through (and ONNX's -inf padding is not needed)
+    del m.graph.node[3]
+    m.graph.node[3].input[0] = "p"
+    g = import_onnx(m)
+    x = np.random.default_rng(0).normal(0, 3, (1, 2, 4, 4)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = g.dequantize_outputs(g.forward(g.quantize_inputs({"x": x})))["y"]
+    assert np.allclose(got, want)
 
 
 def test_float_weights_refused():
