@@ -797,6 +797,8 @@ class _Importer:
         if any(pads) and src.signed:
             raise _node_err(node, "padding a signed input (the hardware pads with zeros, "
                             "ONNX with -inf)", "padding on unsigned (post-ReLU) inputs only")
+        if "kernel_shape" not in attrs:
+            raise _node_err(node, "kernel_shape is missing", "a kernel_shape attribute")
         k = tuple(attrs["kernel_shape"])
         stride = tuple(attrs.get("strides", [1, 1]))
         pad = (pads[0], pads[2], pads[1], pads[3])
@@ -819,6 +821,8 @@ class _Importer:
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             raise _node_err(node, "dilations", "dilations 1")
         x = self.real(node, node.input[0])
+        if "kernel_shape" not in attrs:
+            raise _node_err(node, "kernel_shape is missing", "a kernel_shape attribute")
         k = tuple(attrs["kernel_shape"])
         stride = tuple(attrs.get("strides", [1, 1]))
         pad = (pads[0], pads[2], pads[1], pads[3])
@@ -920,6 +924,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # an importer bug: still one line, no traceback
+        print(f"error: internal error importing {a.model} ({type(e).__name__}: {e}); please "
+              f"report it", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -264,6 +264,21 @@ def test_qdq_matmul_4bit(tmp_path, per_channel):
         import_onnx(m, weight_bits=3)
 
 
+def test_qdq_matmul_int4_storage():
+    """Weights stored as ONNX INT4 (opset 21)."""
+    m, wq = _qdq_matmul(np.random.default_rng(5))
+    for init in m.graph.initializer:
+        if init.name == "wq":
+            init.CopyFrom(oh.make_tensor("wq", TensorProto.INT4, list(wq.shape),
+                                         wq.ravel().tolist()))
+    m.opset_import[0].version = 21
+    m.ir_version = 10
+    g = import_onnx(m)
+    assert g.weight_bits == 4 and np.array_equal(g.ops[0].weight, wq)
+    d, _ = _agreement(g, m, (4, 24), n=10)
+    _check_agreement(d)
+
+
 def test_compile_onnx(tmp_path):
     m, _ = _qdq_matmul(np.random.default_rng(3))
     cfg = PRESETS["tiny"]
