@@ -541,15 +541,18 @@ class _Importer:
         t = self.g.tensors[name]
         want = (max(qmin - zero, 0) if fmt_relu else qmin - zero, qmax - zero)
         if v.keeps is not None and t.range != want:
-            # a pooling keeps its input's format: exact if the result cannot leave it
+            # a pooling keeps its input's format; exact when each bound either agrees or
+            # cannot be reached: values stay in the input's range times src_scale / scale
             src_scale = self.g.tensors[v.keeps].scale
-            inside = want[0] <= t.range[0] and t.range[1] <= want[1]
-            if not inside or scale < src_scale * (1 - 1e-6):
+            shrinks = scale >= src_scale * (1 - 1e-6)
+            lo_ok = t.range[0] == want[0] or (want[0] <= t.range[0]
+                                                and (t.range[0] == 0 or shrinks))
+            hi_ok = t.range[1] == want[1] or (want[1] >= t.range[1] and shrinks)
+            if not (lo_ok and hi_ok):
                 raise _node_err(v.node, f"output range {want[0]}..{want[1]} at scale "
                                 f"{scale:.6g} differs from the input's {t.range[0]}.."
                                 f"{t.range[1]} at scale {src_scale:.6g}",
-                                "the input's range, or a wider one at a scale at least the "
-                                "input's")
+                                "the input's range, or a wider one the result cannot reach")
         self.vals[out] = _QInt(name, scale, zero, v.perm)
         self.g.quantized[out] = (name, zero, v.perm)
 
