@@ -10,6 +10,13 @@
 5. Print a table and write, into the output folder: ``report.json`` (deterministic, no wall
    times), ``timing.json`` (wall times), ``cycles.png`` (per-layer cycles and utilization),
    ``accel.v`` (the Verilog of the chosen config) and the programs (``mlp_w4a8.lbp`` ...).
+6. The digits CNN (:mod:`lowbit.compiler.cnn`): train it in numpy, quantize it post-training
+   to W8A8, W4A8, W4A4, W3A8, W2A8 and two mixed-precision variants (per-channel MSE
+   clipping and bias correction; min/max scales for comparison), compile each for the config
+   with the variant's widest weight width and run the test images one by one on ``reference``
+   and ``sim`` (``rtl``: the first two); the logits must equal the graph's numpy model, so the
+   accelerator's accuracy is the quantized model's. The table goes to the log and
+   ``report.json`` (``"cnn"``), the programs to ``cnn_w4a8.lbp`` ...
 
 Per-layer numbers come from compiling each layer on its own (same batch) and running the
 cycle simulator on it: the cycles that layer takes alone. The whole program overlaps layers,
@@ -40,6 +47,13 @@ HIDDEN = (64, 32)
 TRAIN_ITERS = 300
 QUICK_ITERS = 60
 QUICK_TEST_IMAGES = 96
+CNN_CHANNELS = (16, 32)
+CNN_EPOCHS = 15
+CNN_QUICK_EPOCHS = 4
+CNN_QUICK_TEST_IMAGES = 32
+CNN_CALIB_IMAGES = 512
+CNN_QUICK_CALIB_IMAGES = 128
+CNN_RTL_IMAGES = 2
 
 
 class DemoMismatch(AssertionError):
@@ -168,6 +182,96 @@ def _plot(path: Path, variants: list[dict]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _cnn_table(cfg: AccelConfig, backends: list[str], *, quick: bool, seed: int,
+               mem_latency: int, out: Path, log) -> tuple[dict, list[str], dict]:
+    """The digits CNN: train, quantize every variant of
+    :data:`lowbit.compiler.cnn.CNN_VARIANTS`, compile each for ``cfg`` with the variant's
+    widest weight width and run the test images (batch 1) on ``reference`` and ``sim``
+    (``rtl``: the first :data:`CNN_RTL_IMAGES` images)."""
+    from .compiler import compile_network
+    from .compiler.cnn import CNN_VARIANTS, accelerator_logits, quantize_cnn, train_digits_cnn
+
+    timing: dict = {"variants": {}}
+    t0 = time.perf_counter()
+    epochs = CNN_QUICK_EPOCHS if quick else CNN_EPOCHS
+    data = train_digits_cnn(CNN_CHANNELS, seed, epochs=epochs)
+    timing["train_seconds"] = time.perf_counter() - t0
+    x_test, y_test = data.x_test, data.y_test
+    if quick:
+        x_test, y_test = x_test[:CNN_QUICK_TEST_IMAGES], y_test[:CNN_QUICK_TEST_IMAGES]
+    float_acc = _accuracy(data.model.forward(x_test), y_test)
+    log(f"  trained CNN conv3x3-{CNN_CHANNELS[0]}/pool-conv3x3-{CNN_CHANNELS[1]}/pool-fc10 "
+        f"({epochs} epochs); float accuracy {float_acc:.4f} on {len(x_test)} test images")
+    calib = data.x_train[:CNN_QUICK_CALIB_IMAGES if quick else CNN_CALIB_IMAGES]
+    rows, files = [], []
+    for v in CNN_VARIANTS:
+        wb = max(v.weight_bits)
+        vcfg = cfg if cfg.weight_bits == wb else cfg.replace(weight_bits=wb)
+        t0 = time.perf_counter()
+        naive = quantize_cnn(data.model, calib, weight_bits=v.weight_bits,
+                             act_bits=v.act_bits, method="minmax", bias_correction=False)
+        q = quantize_cnn(data.model, calib, weight_bits=v.weight_bits,
+                         act_bits=v.act_bits)
+        xq = q.quantize_input(x_test)
+        want = q.forward_int(xq)
+        program = compile_network(q.graph, vcfg)
+        compile_seconds = time.perf_counter() - t0
+        slug = v.name.lower().replace(" ", "")
+        prog_name = f"cnn_{slug}.lbp"
+        program.save(out / prog_name)
+        files.append(prog_name)
+        seconds, cycles = {}, None
+        for b in backends:
+            n = CNN_RTL_IMAGES if b == "rtl" else len(xq)
+            t0 = time.perf_counter()
+            got, results = accelerator_logits(program, xq[:n], backend=b,
+                                              mem_latency=mem_latency)
+            seconds[f"{b}_seconds"] = time.perf_counter() - t0
+            if not np.array_equal(got, want[:n]):
+                raise DemoMismatch(f"CNN {v.name}: {b} logits differ from the graph's numpy "
+                                   f"model ({int(np.count_nonzero(got != want[:n]))} values)")
+            if b == "sim":
+                cycles = int(results[0].cycles)
+            if b == "rtl" and any(r.cycles != cycles for r in results):
+                raise DemoMismatch(f"CNN {v.name}: rtl took {results[0].cycles} cycles, the "
+                                   f"cycle simulator {cycles}")
+        quant_acc = _accuracy(want, y_test)
+        rows.append({
+            "name": v.name, "weight_bits": list(v.weight_bits), "act_bits": v.act_bits,
+            "config": vcfg.name, "program": prog_name,
+            "program_sha256": _sha256(program.to_bytes()),
+            "instructions": len(program.instrs),
+            "minmax_accuracy": _accuracy(naive.forward_int(naive.quantize_input(x_test)),
+                                         y_test),
+            "quant_accuracy": quant_acc, "accel_accuracy": quant_acc,
+            "bit_exact": {b: True for b in backends},
+            "cycles_per_image": cycles, "latency_us": cycles / vcfg.clock_mhz,
+        })
+        timing["variants"][v.name] = {"compile_seconds": compile_seconds, **seconds}
+        log(f"  CNN {v.name}: {len(program.instrs)} instructions, {cycles} cycles per image, "
+            f"logits bit-exact on {', '.join(backends)}")
+    report = {"layers": ["conv3x3", CNN_CHANNELS[0], "maxpool2", "conv3x3", CNN_CHANNELS[1],
+                         "maxpool2", "fc", 10],
+              "epochs": epochs, "calibration_images": len(calib),
+              "test_images": len(x_test), "float_accuracy": float_acc,
+              "ptq": "per-channel weights (MSE clip), activations MSE clip, bias correction",
+              "variants": rows}
+    return report, files, timing
+
+
+def _log_cnn_table(cnn: dict, cfg: AccelConfig, log) -> None:
+    headers = ["CNN variant", "W conv1/conv2/fc", "float acc", "min/max acc", "PTQ acc",
+               "accel acc", "cycles/image", f"latency us @{cfg.clock_mhz:g}MHz"]
+    rows = [[v["name"], "/".join(map(str, v["weight_bits"])), f"{cnn['float_accuracy']:.4f}",
+             f"{v['minmax_accuracy']:.4f}", f"{v['quant_accuracy']:.4f}",
+             f"{v['accel_accuracy']:.4f}", str(v["cycles_per_image"]),
+             f"{v['latency_us']:.2f}"] for v in cnn["variants"]]
+    log(format_table(headers, rows, align="<" + ">" * (len(headers) - 1)))
+    log("")
+    log(f"CNN: PTQ = {cnn['ptq']}; min/max = plain min/max scales without bias correction; "
+        f"accelerator logits bit-exact with the PTQ model on {cnn['test_images']} test images.")
+
+
 def run_demo(*, out: str | Path = "lowbit-out/demo", config: str | AccelConfig = "default",
              rtl: bool = False, quick: bool = False, seed: int = 0,
              mem_latency: int = DEFAULT_MEM_LATENCY,
@@ -252,6 +356,10 @@ def run_demo(*, out: str | Path = "lowbit-out/demo", config: str | AccelConfig =
         log(f"  {name}: {len(program.instrs)} instructions, batch {batch} x {chunks}, "
             f"{cycles} cycles, outputs bit-exact on {', '.join(backends)}")
 
+    cnn, cnn_files, timing["cnn"] = _cnn_table(cfg, backends, quick=quick, seed=seed,
+                                               mem_latency=mem_latency, out=out, log=log)
+    files += cnn_files
+
     from .hw.top import generate_verilog
 
     t0 = time.perf_counter()
@@ -271,6 +379,7 @@ def run_demo(*, out: str | Path = "lowbit-out/demo", config: str | AccelConfig =
                   "float_accuracy": float_acc},
         "quick": quick, "backends": backends, "mem_latency": mem_latency,
         "variants": variants,
+        "cnn": cnn,
         "files": sorted(files + ["report.json", "timing.json"]),
     }
     atomic_write(out / "report.json", dumps_json(report))
@@ -291,6 +400,8 @@ def run_demo(*, out: str | Path = "lowbit-out/demo", config: str | AccelConfig =
     log("")
     log(f"accelerator accuracy equals the quantized model's exactly (outputs bit-exact on "
         f"{', '.join(backends)}); latency is for all {len(x_test)} test images.")
+    log("")
+    _log_cnn_table(cnn, cfg, log)
     log(f"wrote {', '.join(sorted(files + ['report.json', 'timing.json']))}")
     log(f"output folder: {out.resolve()}")
     return report

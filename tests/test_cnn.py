@@ -116,3 +116,27 @@ def test_accelerator_accuracy_equals_quantized(data, name):
     assert len({r.cycles for r in results}) == 1 and results[0].cycles > 0
     acc = float((sim.argmax(axis=1) == data.y_test[:24]).mean())
     assert acc == float((want.argmax(axis=1) == data.y_test[:24]).mean()) >= 0.8
+
+
+def test_demo_cnn_table(tmp_path):
+    """``lowbit demo``'s CNN section (quick mode): every variant compiled, bit-exact on
+    reference and sim, the programs written, the table logged."""
+    from lowbit.demo import _cnn_table, _log_cnn_table
+    from lowbit.program import Program
+
+    cfg = AccelConfig()
+    lines = []
+    report, files, timing = _cnn_table(cfg, ["reference", "sim"], quick=True, seed=0,
+                                       mem_latency=20, out=tmp_path, log=lines.append)
+    assert [v["name"] for v in report["variants"]] == [v.name for v in CNN_VARIANTS]
+    for v in report["variants"]:
+        assert v["accel_accuracy"] == v["quant_accuracy"] > 0.5
+        assert v["bit_exact"] == {"reference": True, "sim": True}
+        assert v["cycles_per_image"] > 0 and v["config"].startswith("16x16")
+        prog = Program.load(tmp_path / v["program"])
+        assert prog.config.weight_bits == max(v["weight_bits"])
+    assert sorted(files) == sorted(p.name for p in tmp_path.iterdir())
+    assert set(timing["variants"]) == {v.name for v in CNN_VARIANTS}
+    _log_cnn_table(report, cfg, lines.append)
+    table = "\n".join(lines).splitlines()
+    assert any(line.startswith("W8-2-8 A8") and "8/2/8" in line for line in table)
