@@ -401,6 +401,7 @@ class _Importer:
         nodes = _fuse_relu(m.graph, {k: v.value for k, v in self.vals.items()
                                      if isinstance(v, _Const)})
         for node in nodes:
+            self.check_op(node)
             for i in node.input:
                 self.consumers[i] = self.consumers.get(i, 0) + 1
         for node in nodes:
@@ -442,15 +443,26 @@ class _Importer:
                                 f"{-(1 << (wb - 1))}..{(1 << (wb - 1)) - 1}")
         self.g.weight_bits = wb
 
-    def node(self, node):
+    @staticmethod
+    def check_op(node) -> None:
         op = node.op_type
         if op == "Quant" and node.domain in QONNX_DOMAINS:
-            return self.quant(node)
-        if node.domain not in ("", "ai.onnx") or op not in SUPPORTED_OPS or op == "Quant":
+            return
+        # onnxruntime writes 4-bit Q/DQ in com.microsoft before opset 21 (same semantics)
+        qdq_ms = node.domain == "com.microsoft" and op in ("QuantizeLinear", "DequantizeLinear")
+        if (node.domain not in ("", "ai.onnx") and not qdq_ms) or op not in SUPPORTED_OPS \
+                or op == "Quant":
             dom = f" (domain {node.domain!r})" if node.domain else ""
-            raise _node_err(node, f"operator {op}{dom} is not supported",
+            hint = "; this is the QOperator format, quantize with QuantFormat.QDQ" \
+                if op.startswith("QLinear") or op in ("QGemm", "ConvInteger",
+                                                      "MatMulInteger") else ""
+            raise _node_err(node, f"operator {op}{dom} is not supported{hint}",
                             ", ".join(SUPPORTED_OPS))
-        getattr(self, f"op_{op}")(node)
+
+    def node(self, node):
+        if node.op_type == "Quant":
+            return self.quant(node)
+        getattr(self, f"op_{node.op_type}")(node)
 
     # -- quantization nodes --
 

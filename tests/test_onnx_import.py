@@ -189,6 +189,30 @@ def test_cnn_per_channel_int8(tmp_path):
     _check_compiled(g, PRESETS["8x8"], feeds)
 
 
+def test_cnn_int4_weights(tmp_path):
+    """``QuantType.QInt4`` weights (com.microsoft Q/DQ with INT4 initializers): a 4-bit graph
+    that compiles for the W4A8 ``tiny`` preset."""
+    path = _quantize(tmp_path, _cnn(np.random.default_rng(0)), (1, 3, 8, 8),
+                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt4,
+                     per_channel=True, extra_options={"ActivationSymmetric": True})
+    g = import_onnx(path)
+    assert g.weight_bits == 4
+    d, feeds = _agreement(g, path, (1, 3, 8, 8))
+    _check_agreement(d)
+    _check_compiled(g, PRESETS["tiny"], feeds)
+
+
+def test_qoperator_refused(tmp_path):
+    src, dst = tmp_path / "float.onnx", tmp_path / "qop.onnx"
+    onnx.save(_cnn(np.random.default_rng(0)), src)
+    quantize_static(str(src), str(dst), _Reader("x", (1, 3, 8, 8)),
+                    quant_format=QuantFormat.QOperator)
+    with pytest.raises(OnnxImportError, match=r"^node 'conv1_quant' \(QLinearConv\): operator "
+                       r"QLinearConv is not supported; this is the QOperator format, quantize "
+                       r"with QuantFormat\.QDQ; supported: QuantizeLinear"):
+        import_onnx(dst)
+
+
 def test_strided_uint8_per_tensor(tmp_path):
     """uint8 activations with zero point 128 (symmetric) are int8 with zero point 0; 0
     after the ReLU; per-tensor weights; AveragePool, Reshape, MatMul."""
