@@ -15,7 +15,7 @@ QONNX (``Quant`` of domain ``qonnx.custom_op.general``, as Brevitas exports)
     followed by a ``DequantizeLinear`` with a ``bitwidth``-bit integer range.
 
 Operators: ``Conv`` (any kernel, stride, padding, groups), ``MatMul`` and ``Gemm`` (constant
-weights), ``Add``, ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``Relu``,
+weights), ``Add``, ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``Relu``, ``Clip(0, max)``,
 ``Flatten`` and ``Reshape`` to ``(N, F)``. Each quantized compute result becomes one graph
 operator whose requantization maps to the next ``QuantizeLinear``'s scale; a ``Relu`` between
 is fused. A quantized activation ``q`` with zero point ``z`` is the graph integer
@@ -65,7 +65,7 @@ QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
 #: Operator types the importer understands (QONNX ``Quant`` in the domains above).
 SUPPORTED_OPS = ("QuantizeLinear", "DequantizeLinear", "Quant", "Conv", "MatMul", "Gemm",
                  "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Flatten",
-                 "Reshape", "Constant", "Identity")
+                 "Reshape", "Clip", "Constant", "Identity")
 
 _ROUNDING = {
     "ROUND": np.round,                     # numpy rounds half to even, as QONNX does
@@ -126,6 +126,8 @@ class _Pending:
     passthrough: str | None = None   # source tensor of MaxPool (format and scale kept)
     perm: np.ndarray | None = None
     keeps: str | None = None         # source tensor of a pooling (format kept)
+    clip: float | None = None        # upper bound of a Clip(0, max) after the ReLU
+    clip_node: Any = None
 
 
 @dataclass
@@ -299,7 +301,7 @@ def _fuse_relu(graph, consts) -> list:
     drop = set()
     new = {}
     for relu in nodes:
-        if relu.op_type != "Relu" or relu.domain not in ("", "ai.onnx"):
+        if relu.op_type not in ("Relu", "Clip") or relu.domain not in ("", "ai.onnx"):
             continue
         dq = by_out.get(relu.input[0])
         if dq is None or dq.op_type != "DequantizeLinear":
@@ -549,6 +551,11 @@ class _Importer:
             if not np.isclose(t.scale, scale, rtol=1e-6):
                 raise _node_err(v.node, f"output scale {scale:.6g} differs from the input "
                                 f"scale {t.scale:.6g}", "the same scale on both sides")
+        if v.clip is not None and v.clip / scale < (qmax - zero) - 0.5:
+            raise _node_err(v.clip_node, f"max={v.clip:.6g} is {v.clip / scale:.2f} LSB at "
+                            f"the output scale {scale:.6g}, below the top of the range "
+                            f"{(qmax - zero)}", "a max that rounds to the top of "
+                            "the output range or above (ReLU6 at scale 6 / (2^b - 1))")
         name = v.build(scale, bits, fmt_relu or v.relu, signed, self.gname(src))
         t = self.g.tensors[name]
         want = (max(qmin - zero, 0) if fmt_relu else qmin - zero, qmax - zero)
@@ -786,7 +793,8 @@ class _Importer:
                                 "activations")
             # on an unsigned source the Relu is the identity
             self.vals[node.output[0]] = _Pending(v.node, v.build, v.keeps is None,
-                                                 v.passthrough, v.perm, v.keeps)
+                                                 v.passthrough, v.perm, v.keeps, v.clip,
+                                                 v.clip_node)
             return
         x = self.real(node, node.input[0])
 
@@ -797,6 +805,27 @@ class _Importer:
                                 f"scale {t.scale:.6g}", "the same scale on both sides")
             return self.emit(node, lambda: self.g.relu(x.t, name=name, out_bits=bits))
         self.pending(node, build, perm=x.perm)
+
+    def op_Clip(self, node):
+        """``Clip(0, max)`` (ReLU6): a ReLU whose ``max`` must round to the top of the output
+        range or above, so that the requantization's clamp is the clip."""
+        attrs = _attrs(node)
+        _check_attrs(node, attrs, {"min": None, "max": None})
+        lo, hi = attrs.get("min"), attrs.get("max")
+        if len(node.input) > 1 and node.input[1]:
+            lo = float(np.asarray(self.const(node, node.input[1], "min")))
+        if len(node.input) > 2 and node.input[2]:
+            hi = float(np.asarray(self.const(node, node.input[2], "max")))
+        if lo is None or lo != 0:
+            raise _node_err(node, f"min={lo} is not supported", "Clip(0, max) (ReLU, ReLU6)")
+        v = self.get(node, node.input[0])
+        if isinstance(v, _Pending) and v.keeps is None \
+                and self.consumers.get(node.input[0], 0) == 1:
+            self.vals[node.output[0]] = _Pending(v.node, v.build, True, None, v.perm, None,
+                                                 hi, node)
+            return
+        raise _node_err(node, "Clip on a stored tensor or after pooling",
+                        "Clip(0, max) on Conv, Gemm, MatMul, Add results (fused)")
 
     def op_MaxPool(self, node):
         attrs = _attrs(node)

@@ -271,6 +271,57 @@ def test_depthwise_per_channel(tmp_path):
     _check_compiled(g, PRESETS["8x8"], feeds)
 
 
+def _relu6_net(rng):
+    """conv3x3 - Clip(0, 6) - global average pool - flatten - gemm (1x3x6x6 -> 4)."""
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1],
+                     kernel_shape=[3, 3], name="conv1"),
+        oh.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        oh.make_node("GlobalAveragePool", ["r1"], ["gp"], name="gap"),
+        oh.make_node("Flatten", ["gp"], ["f"], name="flatten"),
+        oh.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [_f32("w1", rng.normal(0, 1.0, (8, 3, 3, 3))), _f32("b1", rng.normal(0, .5, 8)),
+             _f32("lo", 0.0), _f32("hi", 6.0),
+             _f32("wf", rng.normal(0, .3, (4, 8))), _f32("bf", rng.normal(0, .1, 4))]
+    return _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 4])], inits)
+
+
+@pytest.mark.parametrize("act", [QuantType.QInt8, QuantType.QUInt8])
+def test_relu6(tmp_path, act):
+    """Clip(0, 6) fused into the convolution: its max rounds to the top of the output range
+    or beyond it (calibrated scales; ``test_clip_below_range_refused`` has uint8 at 6/255)."""
+    path = _quantize(tmp_path, _relu6_net(np.random.default_rng(6)), (1, 3, 6, 6),
+                     activation_type=act, weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"ActivationSymmetric": True})
+    g = import_onnx(path)
+    assert [op.kind for op in g.ops][:2] == ["conv", "avgpool"] and g.ops[0].relu
+    d, feeds = _agreement(g, path, (1, 3, 6, 6))
+    _check_agreement(d)
+    _check_compiled(g, PRESETS["8x8"], feeds, backends=("reference",))
+
+
+def test_clip_below_range_refused():
+    s6 = nh.from_array(np.array(np.float32(6 / 255)), "s")
+    z = nh.from_array(np.array(np.uint8(0)), "z")
+    nodes = [oh.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+             oh.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
+             oh.make_node("DequantizeLinear", ["wq", "ws"], ["wd"], name="dqw"),
+             oh.make_node("MatMul", ["xd", "wd"], ["m"], name="mm"),
+             oh.make_node("Clip", ["m", "lo", "hi"], ["c"], name="clip"),
+             oh.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
+             oh.make_node("DequantizeLinear", ["cq", "s", "z"], ["y"], name="dqc")]
+    inits = [s6, z, nh.from_array(np.ones((4, 4), np.int8), "wq"),
+             nh.from_array(np.array(np.float32(0.1)), "ws"), _f32("lo", 0.0), _f32("hi", 3.0)]
+    m = _model(nodes, [_vi("x", [1, 4])], [_vi("y", [1, 4])], inits)
+    with pytest.raises(OnnxImportError, match=r"^node 'clip' \(Clip\): max=3 is 127\.50 LSB at "
+                       r"the output scale 0\.0235294, below the top of the range 255; "
+                       r"supported: a max that rounds to the top"):
+        import_onnx(m)
+    m.graph.initializer[-1].CopyFrom(_f32("hi", 6.0))
+    assert import_onnx(m).ops[0].relu
+
+
 def test_asymmetric_input_refused(tmp_path):
     path = _quantize(tmp_path, _cnn(np.random.default_rng(0)), (1, 3, 8, 8),
                      activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
