@@ -128,6 +128,7 @@ class _Pending:
     keeps: str | None = None         # source tensor of a pooling (format kept)
     clip: float | None = None        # upper bound of a Clip(0, max) after the ReLU
     clip_node: Any = None
+    fold: Any = None                 # (state, unit, n): a constant Add folds into the bias
 
 
 @dataclass
@@ -677,18 +678,22 @@ class _Importer:
     def bias(self, node, name, unit, n):
         if len(node.input) <= 2 or not node.input[2]:
             return None
-        v = self.get(node, name)
+        return self.bias_value(node, self.get(node, name), name, unit, n)
+
+    def bias_value(self, node, v, name, unit, n):
+        """Integer bias in accumulator units (``unit = s_x * s_w``) of constant ``v``."""
         if isinstance(v, _QConst):
             real = v.q.reshape(-1) * np.broadcast_to(v.scale, v.q.reshape(-1).shape)
         elif isinstance(v, _Const):
             real = np.asarray(v.value, np.float64).reshape(-1)
         else:
             raise _node_err(node, f"bias {name!r} is not a constant", "constant biases")
-        if real.size != n:
+        if real.size not in (1, n):
             raise _node_err(node, f"bias has {real.size} values for {n} channels",
                             "one bias per output channel")
+        real = np.broadcast_to(real, (n,))
         if isinstance(v, _QConst) and np.allclose(v.scale, unit, rtol=1e-5):
-            return v.q.reshape(-1)
+            return np.broadcast_to(v.q.reshape(-1), (n,)).astype(np.int64)
         return np.round(real / unit).astype(np.int64)
 
     def op_Conv(self, node):
@@ -711,7 +716,8 @@ class _Importer:
         src = self.g.tensors[x.t]
         wscale = np.broadcast_to(w.scale, (cout,))
         unit = src.scale * wscale
-        bias = self.bias(node, node.input[2] if len(node.input) > 2 else "", unit, cout)
+        state = {"bias": self.bias(node, node.input[2] if len(node.input) > 2 else "", unit,
+                                   cout)}
         pads = attrs.get("pads", [0, 0, 0, 0])
         pad = (pads[0], pads[2], pads[1], pads[3])
         stride = tuple(attrs.get("strides", [1, 1]))
@@ -720,10 +726,10 @@ class _Importer:
 
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.conv2d(
-                x.t, weight, bias=bias, w_scale=wscale, stride=stride, padding=pad,
+                x.t, weight, bias=state["bias"], w_scale=wscale, stride=stride, padding=pad,
                 groups=groups, act="relu" if relu else None, out_scale=scale, out_bits=bits,
                 name=name))
-        self.pending(node, build)
+        self.pending(node, build, fold=(state, unit, cout))
 
     def emit(self, node, fn):
         try:
@@ -748,13 +754,13 @@ class _Importer:
         self.weights.append((node, kn))
         wscale = np.broadcast_to(w.scale, (n,))
         unit = src.scale * wscale
-        bias = self.bias(node, bias_name, unit, n)
+        state = {"bias": self.bias(node, bias_name, unit, n)}
 
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.linear(
-                x.t, kn, bias=bias, w_scale=wscale, act="relu" if relu else None,
+                x.t, kn, bias=state["bias"], w_scale=wscale, act="relu" if relu else None,
                 out_scale=scale, out_bits=bits, name=name))
-        self.pending(node, build)
+        self.pending(node, build, fold=(state, unit, n))
 
     def op_MatMul(self, node):
         x = self.real(node, node.input[0])
@@ -775,6 +781,17 @@ class _Importer:
                      node.input[2] if len(node.input) > 2 else "")
 
     def op_Add(self, node):
+        va, vb = (self.get(node, i) for i in node.input[:2])
+        for p, c, cname in ((va, vb, node.input[1]), (vb, va, node.input[0])):
+            if isinstance(p, _Pending) and p.fold is not None and not p.relu \
+                    and isinstance(c, (_Const, _QConst)) and self.consumers.get(
+                        node.input[0] if p is va else node.input[1], 0) == 1:
+                # MatMul/Conv + constant (a bias, as QONNX exports linear layers): fold it
+                state, unit, n = p.fold
+                extra = self.bias_value(node, c, cname, unit, n)
+                state["bias"] = extra if state["bias"] is None else state["bias"] + extra
+                self.vals[node.output[0]] = p
+                return
         a = self.real(node, node.input[0])
         b = self.real(node, node.input[1])
 

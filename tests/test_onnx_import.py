@@ -416,10 +416,12 @@ def _quant(x, out, scale, bits, *, signed=1, narrow=0, mode="ROUND", name=None):
     return [node], inits
 
 
-def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None, qbias=False):
+def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None, qbias=False,
+               matmul=False):
     """Brevitas-like: Quant(x) -> Conv(Quant(w), bias) -> Relu -> Quant(unsigned) ->
     Flatten -> Gemm(Quant(w)) -> Quant(signed); ``qbias``: the bias through a 32-bit Quant
-    at scale ``s_x * s_w``."""
+    at scale ``s_x * s_w``; ``matmul``: the Gemm as MatMul + Add(float bias), as QONNX's
+    cleanup writes linear layers."""
     wbits_fc = wbits_fc or wbits
     nodes, inits = [], []
     w1s = rng.uniform(.02, .05, (6, 1, 1, 1))
@@ -436,8 +438,15 @@ def _qonnx_net(rng, *, wbits=4, abits=6, in_bits=8, wbits_fc=None, qbias=False):
                            kernel_shape=[3, 3], name="conv1"),
               oh.make_node("Relu", ["c1"], ["r1"], name="relu1")]
     n_, i_ = _quant("r1", "a1", 0.05, abits, signed=0)
-    nodes += n_ + [oh.make_node("Flatten", ["a1"], ["f"], name="flatten"),
-                   oh.make_node("Gemm", ["f", "wfq"], ["g"], transB=1, name="fc")]
+    nodes += n_ + [oh.make_node("Flatten", ["a1"], ["f"], name="flatten")]
+    if matmul:
+        n_, i_m = _quant("wfm", "wfmq", 0.03, wbits_fc, narrow=1)
+        nodes += n_ + [oh.make_node("MatMul", ["f", "wfmq"], ["mm"], name="fc"),
+                       oh.make_node("Add", ["mm", "bf"], ["g"], name="fc_bias")]
+        inits += i_m + [_f32("wfm", rng.normal(0, .1, (96, 5))),
+                        _f32("bf", rng.normal(0, .2, 5))]
+    else:
+        nodes.append(oh.make_node("Gemm", ["f", "wfq"], ["g"], transB=1, name="fc"))
     inits += i_
     n_, i_ = _quant("g", "y", 0.1, 8)
     nodes += n_
@@ -490,9 +499,11 @@ def _qonnx_to_qdq(m):
     return m2
 
 
-@pytest.mark.parametrize("wbits,abits,qbias", [(4, 6, False), (2, 8, True), (8, 4, False)])
-def test_qonnx(tmp_path, wbits, abits, qbias):
-    m = _qonnx_net(np.random.default_rng(wbits), wbits=wbits, abits=abits, qbias=qbias)
+@pytest.mark.parametrize("wbits,abits,qbias,matmul", [
+    (4, 6, False, False), (2, 8, True, False), (8, 4, False, False), (3, 8, False, True)])
+def test_qonnx(tmp_path, wbits, abits, qbias, matmul):
+    m = _qonnx_net(np.random.default_rng(wbits), wbits=wbits, abits=abits, qbias=qbias,
+                   matmul=matmul)
     g = import_onnx(m)
     assert g.weight_bits == max(wbits, 2)
     assert [op.kind for op in g.ops] == ["conv", "flatten", "linear"]
