@@ -342,6 +342,7 @@ class _Importer:
                            acc_bits=acc_bits)
         self.used: set[str] = set()
         self.consumers: dict[str, int] = {}
+        self.preferred: dict[str, str] = {}
 
     def gname(self, base: str) -> str:
         n = _ident(base)
@@ -403,6 +404,17 @@ class _Importer:
             self.vals[vi.name] = _FloatInput(vi.name, dims)
         nodes = _fuse_relu(m.graph, {k: v.value for k, v in self.vals.items()
                                      if isinstance(v, _Const)})
+        # name the tensor behind each graph output ``... -> Q -> DQ -> out`` after ``out``
+        by_out = {o: n for n in nodes for o in n.output}
+        self.preferred: dict[str, str] = {}
+        for vo in m.graph.output:
+            dq = by_out.get(vo.name)
+            q = by_out.get(dq.input[0]) if dq is not None and dq.input else None
+            if q is not None and dq.op_type in ("DequantizeLinear", "Quant") \
+                    and q.op_type == "QuantizeLinear":
+                self.preferred[q.input[0]] = vo.name
+            elif dq is not None and dq.op_type == "Quant" and dq.input:
+                self.preferred[dq.input[0]] = vo.name
         for node in nodes:
             self.check_op(node)
             for i in node.input:
@@ -557,7 +569,8 @@ class _Importer:
                             f"the output scale {scale:.6g}, below the top of the range "
                             f"{(qmax - zero)}", "a max that rounds to the top of "
                             "the output range or above (ReLU6 at scale 6 / (2^b - 1))")
-        name = v.build(scale, bits, fmt_relu or v.relu, signed, self.gname(src))
+        name = v.build(scale, bits, fmt_relu or v.relu, signed,
+                       self.gname(self.preferred.get(src, src)))
         t = self.g.tensors[name]
         want = (max(qmin - zero, 0) if fmt_relu else qmin - zero, qmax - zero)
         if v.keeps is not None and t.range != want:

@@ -179,6 +179,7 @@ def test_cnn_per_channel_int8(tmp_path):
                      per_channel=True, extra_options={"ActivationSymmetric": True})
     g = import_onnx(path)
     assert g.weight_bits == 8
+    assert g.inputs == ["x"] and g.outputs == ["y"]       # named after the ONNX tensors
     kinds = [op.kind for op in g.ops]
     # the Relus are fused into their convolutions (int8 after ReLU = unsigned 7 bits)
     assert kinds == ["conv", "maxpool", "conv", "add", "avgpool", "flatten", "linear"]
