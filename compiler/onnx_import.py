@@ -17,16 +17,17 @@ QONNX (``Quant`` of domain ``qonnx.custom_op.general``, as Brevitas exports)
 Operators: ``Conv`` (any kernel, stride, padding, groups), ``MatMul`` and ``Gemm`` (constant
 weights), ``Add``, ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``Relu``, ``Clip(0, max)``,
 ``Flatten`` and ``Reshape`` to ``(N, F)``. Each quantized compute result becomes one graph
-operator whose requantization maps to the next ``QuantizeLinear``'s scale; a ``Relu`` between
-is fused. A quantized activation ``q`` with zero point ``z`` is the graph integer
+operator whose requantization maps to the next ``QuantizeLinear``'s scale; a ``Relu`` or
+``Clip(0, max)`` between is fused, a constant ``Add`` after ``Conv``/``MatMul``/``Gemm``
+folds into the bias. A quantized activation ``q`` with zero point ``z`` is the graph integer
 ``v = q - z``; its range ``[q_min - z, q_max - z]`` (cut at 0 after a ``Relu``) must be a
 signed ``[-2^(b-1), 2^(b-1) - 1]`` or unsigned ``[0, 2^b - 1]`` range (int8 with ``z = 0``,
 uint8 with ``z = 0`` or ``128``, int8 after a ``Relu`` = unsigned 7 bits, ...).
 
 Feature maps are NCHW in ONNX (batch 1) and ``(H, W, C)`` in the graph; ``Flatten`` orders
 ``(c, y, x)`` in ONNX and ``(y, x, c)`` in the graph, so the following ``Gemm``/``MatMul``
-weight rows are permuted (:attr:`OnnxGraph.quantize_inputs` and
-:attr:`OnnxGraph.dequantize_outputs` convert values at the boundary).
+weight rows are permuted (:meth:`OnnxGraph.quantize_inputs` and
+:meth:`OnnxGraph.dequantize_outputs` convert values at the boundary).
 
 Rounding: onnxruntime requantizes with float scales and rounds half to even; the graph uses
 an integer ``mult / 2^shift`` (``mult < 2^16``) and rounds half away from zero, so results
