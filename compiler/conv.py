@@ -73,7 +73,15 @@ from lowbit.isa import LoadTarget, Opcode
 
 from .graph import Activation, Add, Conv2D, Flatten, Graph, Linear, Pool2D
 from .ir import GraphIR, LinearSpec, Op, SpatialSpec, SpatialTiling, Tap, TensorSpec, TiledIR
-from .passes import _XFER, CompileError, _Builder, _ceil_div, _ring_geometry
+from .passes import (
+    _XFER,
+    CompileError,
+    _Builder,
+    _ceil_div,
+    _ring_geometry,
+    param_region,
+    weight_region,
+)
 
 __all__ = [
     "check_spatial_config",
@@ -723,7 +731,8 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         blocker = int(bld.w_use[w0:w0 + wg * wtb].max())
         op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
                      row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
-                     region=f"w{li}", note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
+                     region=weight_region(li),
+                     note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
         bld.add_load(op, ci, 0, blocker, -1, early=ahead(ci, count * wtb, 1, rows))
         w_slot[grp] = slot
 
@@ -738,7 +747,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         else:
             shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
         op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
-                     dram_addr=grp * pg * pline, region=f"p{li}",
+                     dram_addr=grp * pg * pline, region=param_region(li),
                      note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
         bld.add_load(op, key, 2, blocker, blocker)
         p_slot[grp] = slot

@@ -111,6 +111,17 @@ class CompileError(ValueError):
 # -- graph ----------------------------------------------------------------------------------
 
 
+
+def weight_region(layer: int) -> str:
+    """Name of a layer's packed-weight region; ``$`` keeps it apart from tensor names."""
+    return f"$w{layer}"
+
+
+def param_region(layer: int) -> str:
+    """Name of a layer's parameter region."""
+    return f"$p{layer}"
+
+
 def verify_graph(g: GraphIR) -> None:
     cfg = g.config
     names = [t.name for t in g.tensors]
@@ -373,10 +384,10 @@ def schedule(t: TiledIR) -> ScheduleIR:
             data = b"".join(layout.pack_weight_tile(cfg, tile) for tile in ly.tiles)
         else:
             data = _pack_weights(cfg, ly.weight, lt.kb, lt.nb)
-        regions.append(Region(f"w{lt.layer}", "weights", len(data), data))
+        regions.append(Region(weight_region(lt.layer), "weights", len(data), data))
     for ly, lt in zip(g.layers, t.tilings, strict=True):
         data = _pack_layer_params(cfg, ly, layout.blocks(cfg, ly.n))
-        regions.append(Region(f"p{lt.layer}", "params", len(data), data))
+        regions.append(Region(param_region(lt.layer), "params", len(data), data))
     for ten in g.tensors:
         if ten.alias is not None:
             continue
@@ -459,7 +470,8 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         blocker = int(bld.w_use[w0:w0 + wg * wtb].max())
         op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
                      row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
-                     region=f"w{li}", note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
+                     region=weight_region(li),
+                     note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
         bld.add_load(op, ci, 0, blocker, -1)
         w_slot[grp] = slot
 
@@ -475,7 +487,7 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         else:                 # several lines per beat (2 channels on a wide bus)
             shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
         op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
-                     dram_addr=grp * pg * pline, region=f"p{li}",
+                     dram_addr=grp * pg * pline, region=param_region(li),
                      note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
         bld.add_load(op, key, 2, blocker, blocker)
         p_slot[grp] = slot

@@ -198,13 +198,13 @@ def test_memory_map_and_schedule_shape():
     prog = compile_gemm(cfg, a_shape=(6, 9), weights=w)
     mm = prog.meta["memory_map"]
     assert mm["code"] == 0 == prog.prog_addr
-    assert len(prog.code) <= mm["w0"] < mm["p0"] < mm["x"] < mm["y"]
+    assert len(prog.code) <= mm["$w0"] < mm["$p0"] < mm["x"] < mm["y"]
     assert prog.inputs[0].addr == mm["x"] and prog.outputs[0].addr == mm["y"]
     # weights are stored in the order the loads consume them: tile (n, k), n-major
     kinds = [(i.opcode, i.get("target")) for i in prog.instrs]
     wloads = [i for i in prog.instrs if i.opcode == Opcode.LOAD and i.target == 1]
     assert [i.dram_addr for i in wloads] == sorted(i.dram_addr for i in wloads)
-    assert wloads[0].dram_addr == mm["w0"]
+    assert wloads[0].dram_addr == mm["$w0"]
     assert kinds[-1] == (Opcode.END, 0)
     stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
     mt = prog.meta["layers"][0]["mt"]
@@ -404,7 +404,7 @@ def test_dump_after_every_pass():
     assert "layer 0: M=5 (padded 5) K=9 N=5" in text["tile"]
     assert "tokens not assigned" in text["schedule"] and "COMPUTE" in text["schedule"]
     assert "tokens assigned" in text["tokens"] and "[" in text["tokens"]
-    assert "region w0: weights" in text["allocate"] and "@ 0x" in text["allocate"]
+    assert "region $w0: weights" in text["allocate"] and "@ 0x" in text["allocate"]
     with pytest.raises(ValueError, match="dump names unknown pass 'lower'; passes are "
                                          "graph, tile, schedule, tokens, allocate"):
         compile_gemm(cfg, a_shape=(5, 9), weights=w, dump=["lower"])
