@@ -347,8 +347,6 @@ class _Importer:
 
     def gname(self, base: str) -> str:
         n = _ident(base)
-        if re.fullmatch(r"[wp]\d+", n):   # the compiler names its weight/param regions so
-            n += "_"
         i, cand = 1, n
         while cand in self.used:
             cand = f"{n}_{i}"
