@@ -976,6 +976,31 @@ def compile_onnx(model, cfg, *, batch: int | None = None, host_im2col: bool = Tr
     return g, compile_network(g, cfg, batch=batch, host_im2col=host_im2col, **kw)
 
 
+def register_cli(subparsers) -> None:
+    """``lowbit import-onnx MODEL --config CFG [-o PROG]``: import a QDQ/QONNX model, compile
+    it and (with ``-o``) save the program; errors reach the CLI as one-line ValueErrors."""
+    p = subparsers.add_parser("import-onnx", help="import a quantized ONNX/QONNX model and "
+                                                  "compile it")
+    p.add_argument("model", metavar="MODEL", help="ONNX file (QDQ or QONNX)")
+    p.add_argument("--config", default="default", metavar="CFG",
+                   help="preset or .json/.toml config (default: %(default)s)")
+    p.add_argument("-o", "--output", metavar="PROG", help="write the program (.lbp)")
+    p.set_defaults(func=_cmd_import_onnx)
+
+
+def _cmd_import_onnx(args) -> int:
+    from lowbit.config import load_config
+
+    cfg = load_config(args.config)
+    g, prog = compile_onnx(args.model, cfg)
+    print(g.dump())
+    print(f"compiled for {cfg.name}: {len(prog.instrs)} instructions")
+    if args.output:
+        prog.save(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m lowbit.compiler.onnx_import MODEL [--config PRESET]``: import, compile and
     print the graph; errors are one line on stderr and exit status 1."""

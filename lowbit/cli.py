@@ -382,12 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=cmd_cosim)
 
     # Subcommands that live with their packages: ``sweep`` (lowbit.sweep.cli),
-    # ``boards``/``build`` (lowbit.boards.cli) and ``zoo`` (lowbit.compiler.zoo). Each
+    # ``boards``/``build`` (lowbit.boards.cli), ``zoo`` (lowbit.compiler.zoo) and
+    # ``import-onnx`` (lowbit.compiler.onnx_import). Each
     # module's ``register_cli(subparsers)`` adds its own; a package that cannot be imported
     # just leaves its commands out.
     import importlib
 
-    for module in ("lowbit.sweep.cli", "lowbit.boards.cli", "lowbit.compiler.zoo"):
+    for module in ("lowbit.sweep.cli", "lowbit.boards.cli", "lowbit.compiler.zoo",
+                   "lowbit.compiler.onnx_import"):
         try:
             register = importlib.import_module(module).register_cli
         except ImportError:  # pragma: no cover - package or optional dependency missing

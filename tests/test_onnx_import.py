@@ -609,3 +609,22 @@ def test_malformed_files(tmp_path, capsys):
     good.write_bytes(data)
     assert main([str(good), "--config", "tiny"]) == 0
     assert "linear(" in capsys.readouterr().out
+
+
+def test_cli_import_onnx_writes_a_program(tmp_path, capsys):
+    from lowbit.cli import main
+    from lowbit.program import Program
+
+    path = _quantize(tmp_path, _cnn(np.random.default_rng(0)), (1, 3, 8, 8),
+                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                     per_channel=True, extra_options={"ActivationSymmetric": True})
+    out = tmp_path / "cnn.lbp"
+    assert main(["import-onnx", str(path), "--config", "8x8", "-o", str(out)]) == 0
+    prog = Program.load(out)
+    assert prog.config.name == PRESETS["8x8"].name and len(prog.instrs) > 10
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert main(["import-onnx", str(bad), "--config", "8x8", "-o", str(tmp_path / "x.lbp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an ONNX model" in err[0]
+    assert not (tmp_path / "x.lbp").exists()
