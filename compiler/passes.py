@@ -731,6 +731,8 @@ def emit(ir: ScheduleIR) -> Program:
 
     meta = {
         "compiler": "lowbit.compiler",
+        # The layer each instruction belongs to (its note starts with the layer's name).
+        "instr_layers": [op.note.split(" ", 1)[0] if op.note else "" for op in ir.ops],
         "layers": [layer_meta(ly, lt) for ly, lt in zip(g.layers, ir.tiled.tilings,
                                                          strict=True)],
         "memory_map": {name: addr for name, addr in bases.items()},

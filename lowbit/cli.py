@@ -383,13 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live with their packages: ``sweep`` (lowbit.sweep.cli),
     # ``boards``/``build`` (lowbit.boards.cli), ``zoo`` (lowbit.compiler.zoo) and
-    # ``import-onnx`` (lowbit.compiler.onnx_import). Each
+    # ``import-onnx`` (lowbit.compiler.onnx_import), ``profile`` (lowbit.profile). Each
     # module's ``register_cli(subparsers)`` adds its own; a package that cannot be imported
     # just leaves its commands out.
     import importlib
 
     for module in ("lowbit.sweep.cli", "lowbit.boards.cli", "lowbit.compiler.zoo",
-                   "lowbit.compiler.onnx_import"):
+                   "lowbit.compiler.onnx_import", "lowbit.profile"):
         try:
             register = importlib.import_module(module).register_cli
         except ImportError:  # pragma: no cover - package or optional dependency missing

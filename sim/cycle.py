@@ -82,8 +82,13 @@ class _Tokens:
         return edge
 
 
-def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
-    """``(cycles, counters)`` of ``program`` on its config's hardware."""
+def simulate_timing(program: Program, *, mem_latency: int,
+                    events: list | None = None) -> tuple[int, dict]:
+    """``(cycles, counters)`` of ``program`` on its config's hardware.
+
+    With ``events`` (a list), appends one ``(index, unit, start, busy_from, busy_to, end)``
+    per executed instruction: the edge it took its tokens, the edges its unit was busy with
+    it (for COMPUTE: the rows streamed) and the edge it completed."""
     cfg = program.config
     tm = Timing.of(cfg, mem_latency)
     L, Q, FB = tm.mem_latency, tm.queue_depth, tm.fetch_burst
@@ -139,6 +144,7 @@ def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
             else:
                 end = start + 1
                 load_free = start + 2
+            busy = (start, end)
             counters["load_busy"] += load_free - start
             load_idle = load_free
             if ins.push_next:
@@ -157,6 +163,7 @@ def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
                 x = max(x, last_rows[-2] + tm.bank_wait + 1)
             rows = 1 if sync else ins.rows
             last = x + rows
+            busy = (x + 1, last)
             s_free = last
             compute_pfree = x + 1
             end = last + tm.result
@@ -187,11 +194,14 @@ def simulate_timing(program: Program, *, mem_latency: int) -> tuple[int, dict]:
             else:
                 end = start + 1
                 store_free = start + 2
+            busy = (start, end)
             counters["store_busy"] += store_free - start
             store_idle = store_free
             if ins.push_prev:
                 tok["store->compute"].gives.append(end)
         pops[unit].append(start)
+        if events is not None:
+            events.append((i, unit, start, busy[0], busy[1], end))
     if d_end is None:
         raise ProgramError("program has no END")
     done = max(d_end + 1, load_idle, compute_idle, store_idle)
