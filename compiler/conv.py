@@ -79,8 +79,8 @@ from .passes import (
     _Builder,
     _ceil_div,
     _ring_geometry,
-    param_region,
-    weight_region,
+    param_load_op,
+    weight_load_op,
 )
 
 __all__ = [
@@ -729,10 +729,8 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         count = min(wg, n_tiles - grp * wg)
         w0 = slot * wg * wtb
         blocker = int(bld.w_use[w0:w0 + wg * wtb].max())
-        op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
-                     row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
-                     region=weight_region(li),
-                     note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
+        op = weight_load_op(layer=li, name=ly.name, grp=grp, group=wg, count=count, w0=w0,
+                            tile_beats=wtb, beat_bytes=B)
         bld.add_load(op, ci, 0, blocker, -1, early=ahead(ci, count * wtb, 1, rows))
         w_slot[grp] = slot
 
@@ -742,13 +740,8 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         count = min(pg, nb - grp * pg)
         line0 = slot * pg
         blocker = int(bld.p_use[line0:line0 + pg].max())
-        if pline >= B:
-            shape = dict(rows=count, row_beats=pline // B, stride=pline)
-        else:
-            shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
-        op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
-                     dram_addr=grp * pg * pline, region=param_region(li),
-                     note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
+        op = param_load_op(layer=li, name=ly.name, grp=grp, group=pg, count=count,
+                           line0=line0, line_bytes=pline, beat_bytes=B)
         bld.add_load(op, key, 2, blocker, blocker)
         p_slot[grp] = slot
 

@@ -122,6 +122,28 @@ def param_region(layer: int) -> str:
     return f"$p{layer}"
 
 
+def weight_load_op(*, layer: int, name: str, grp: int, group: int, count: int, w0: int,
+                   tile_beats: int, beat_bytes: int) -> Op:
+    """LOAD of ``count`` packed weight tiles of group ``grp`` (``group`` tiles per group) to
+    weight word ``w0``."""
+    return Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
+                   row_beats=tile_beats, dram_addr=grp * group * tile_beats * beat_bytes,
+                   stride=tile_beats * beat_bytes, region=weight_region(layer),
+                   note=f"{name} weights {grp * group}..{grp * group + count - 1}")
+
+
+def param_load_op(*, layer: int, name: str, grp: int, group: int, count: int, line0: int,
+                  line_bytes: int, beat_bytes: int) -> Op:
+    """LOAD of ``count`` parameter lines of group ``grp`` to parameter line ``line0``."""
+    if line_bytes >= beat_bytes:     # one transfer row per line keeps row_beats small
+        shape = dict(rows=count, row_beats=line_bytes // beat_bytes, stride=line_bytes)
+    else:                            # several lines per beat (2 channels on a wide bus)
+        shape = dict(rows=1, row_beats=_ceil_div(count * line_bytes, beat_bytes), stride=0)
+    return Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * line_bytes // beat_bytes,
+                   dram_addr=grp * group * line_bytes, region=param_region(layer),
+                   note=f"{name} params {grp * group}..{grp * group + count - 1}", **shape)
+
+
 def verify_graph(g: GraphIR) -> None:
     cfg = g.config
     names = [t.name for t in g.tensors]
@@ -468,10 +490,8 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         count = min(wg, n_tiles - grp * wg)
         w0 = slot * wg * wtb
         blocker = int(bld.w_use[w0:w0 + wg * wtb].max())
-        op = Op.make(Opcode.LOAD, target=LoadTarget.WEIGHT, sp_addr=w0, rows=count,
-                     row_beats=wtb, dram_addr=grp * wg * wtb * B, stride=wtb * B,
-                     region=weight_region(li),
-                     note=f"{ly.name} weights {grp * wg}..{grp * wg + count - 1}")
+        op = weight_load_op(layer=li, name=ly.name, grp=grp, group=wg, count=count, w0=w0,
+                            tile_beats=wtb, beat_bytes=B)
         bld.add_load(op, ci, 0, blocker, -1)
         w_slot[grp] = slot
 
@@ -482,13 +502,8 @@ def _schedule_layer(t: TiledIR, bld: _Builder, ly: LinearSpec, lt: LayerTiling,
         count = min(pg, nb - grp * pg)
         line0 = slot * pg
         blocker = int(bld.p_use[line0:line0 + pg].max())
-        if pline >= B:        # one transfer row per line keeps row_beats small
-            shape = dict(rows=count, row_beats=pline // B, stride=pline)
-        else:                 # several lines per beat (2 channels on a wide bus)
-            shape = dict(rows=1, row_beats=_ceil_div(count * pline, B), stride=0)
-        op = Op.make(Opcode.LOAD, target=LoadTarget.PARAM, sp_addr=line0 * pline // B,
-                     dram_addr=grp * pg * pline, region=param_region(li),
-                     note=f"{ly.name} params {grp * pg}..{grp * pg + count - 1}", **shape)
+        op = param_load_op(layer=li, name=ly.name, grp=grp, group=pg, count=count,
+                           line0=line0, line_bytes=pline, beat_bytes=B)
         bld.add_load(op, key, 2, blocker, blocker)
         p_slot[grp] = slot
 
