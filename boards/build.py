@@ -12,10 +12,11 @@ compares it with ``cfg.clock_mhz``. For Xilinx boards it writes a ready Vivado p
 * **Clock.** The accelerator clock is constrained at ``cfg.clock_mhz`` (the board oscillator
   is assumed multiplied up by a PLL), so nextpnr optimizes for, and reports against, the
   target. The ``board`` top runs from the oscillator and is constrained at its frequency.
-* **DSPs.** ``dsp="auto"`` maps multipliers to DSP blocks when the PE array plus the store
-  unit (about ``rows*cols + 2*cols`` multipliers) fit the device's DSPs, and otherwise builds
-  them from LUTs; if the synthesized design still needs more DSPs than the device has, it is
-  synthesized again without them.
+* **DSPs.** ``dsp="auto"`` counts the DSP blocks every multiplier needs (from the widths in
+  the RTLIL). If they all fit, yosys maps all of them; if not, on ECP5 the units' wide
+  multipliers (store, compute scaling) and as many whole PE rows as fit go to DSPs and the
+  rest to LUTs; on iCE40 and Xilinx all go to LUTs. If synthesis still uses too many DSPs,
+  PE rows (then all multipliers) move to LUTs and it synthesizes again.
 * **Deterministic and cached.** nextpnr runs with a fixed seed. Each build lives in
   ``out_dir/<board>/<config name>[-<top>]/`` with a ``report.json`` (written atomically);
   a later build of the same config, board, top and options returns it without running
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit import __version__
@@ -142,9 +144,96 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _dsp_demand(cfg: AccelConfig, top: str) -> int:
-    """Multipliers that map to DSP blocks: one per PE, two per column in the store unit."""
-    return cfg.pes + (2 * cfg.cols if top in ("accel", "board") else 0)
+#: DSP multiplier size per family (yosys mul2dsp: A x B signed, inputs of 2 bits or more).
+_DSP_SIZE = {"ice40": (16, 16), "ecp5": (18, 18), "xc7": (25, 18)}
+_PE_MODULE = re.compile(r"\.pe_(\d+)_(\d+)$")
+_RTLIL_MUL = re.compile(r"^\s*cell \$mul \S+\n((?:\s*parameter .*\n)*)", re.M)
+
+
+def _mul_cells(il_text: str) -> list[tuple[str, int, int]]:
+    """(module, A width, B width) of every ``$mul`` cell in Amaranth's RTLIL."""
+    cells = []
+    for chunk in il_text.split("\nmodule ")[1:]:
+        module = chunk.split("\n", 1)[0].strip().lstrip("\\")
+        for m in _RTLIL_MUL.finditer(chunk):
+            params = dict(re.findall(r"parameter \\(\w+) (\d+)", m.group(1)))
+            cells.append((module, int(params.get("A_WIDTH", 0)), int(params.get("B_WIDTH", 0))))
+    return cells
+
+
+def _dsp_cost(family: str, a: int, b: int) -> int:
+    """DSP blocks yosys uses for an ``a x b`` multiplier (0 if too narrow for one)."""
+    da, db = _DSP_SIZE[family]
+    if min(a, b) < 2:
+        return 0
+    return -(-a // da) * -(-b // db)
+
+
+@dataclass
+class DspPlan:
+    """Which multipliers go to DSP blocks: ``mode`` is ``all``, ``none`` or ``partial``;
+    for ``partial``, ``modules`` get DSPs (the unit multipliers first, then whole PE rows,
+    top row first) and every other multiplier is built from LUTs."""
+
+    mode: str
+    modules: list[str]
+    pe_rows: int = 0
+    rows: int = 0
+    estimate: int = 0
+
+    def describe(self) -> str:
+        if self.mode != "partial":
+            return self.mode
+        return f"partial: units and {self.pe_rows} of {self.rows} PE rows"
+
+
+def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) -> DspPlan:
+    fam = board.family
+    budget = board.resources.dsps if budget is None else budget
+    cells = _mul_cells(il_text)
+    costs: dict[str, int] = {}
+    for module, a, b in cells:
+        costs[module] = costs.get(module, 0) + _dsp_cost(fam, a, b)
+    total = sum(costs.values())
+    if dsp == "off" or total == 0:
+        return DspPlan("none", [], estimate=0)
+    if dsp == "on" or total <= budget:
+        return DspPlan("all", [], estimate=total)
+    if fam != "ecp5":     # partial mapping is implemented for the ECP5 flow only
+        return DspPlan("none", [], estimate=0)
+    rows: dict[int, list[str]] = {}
+    units = []
+    for module in costs:
+        m = _PE_MODULE.search(module)
+        if m:
+            rows.setdefault(int(m.group(1)), []).append(module)
+        elif costs[module]:
+            units.append(module)
+    chosen, used = [], 0
+    for module in sorted(units, key=lambda mod: -costs[mod]):
+        if used + costs[module] <= budget:
+            chosen.append(module)
+            used += costs[module]
+    n_rows = 0
+    for r in sorted(rows):
+        cost = sum(costs[mod] for mod in rows[r])
+        if used + cost > budget:
+            break
+        chosen += sorted(rows[r])
+        used, n_rows = used + cost, n_rows + 1
+    if not chosen:
+        return DspPlan("none", [], estimate=0)
+    return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used)
+
+
+def _drop_pe_rows(plan: DspPlan, excess: int, cols: int) -> DspPlan:
+    """``plan`` with enough of its last PE rows moved to LUTs to free ``excess`` DSPs."""
+    drop = min(plan.pe_rows, -(-excess // max(cols, 1)))
+    keep_rows = plan.pe_rows - drop
+    modules = [m for m in plan.modules
+               if not (_PE_MODULE.search(m) and int(_PE_MODULE.search(m).group(1)) >= keep_rows)]
+    return DspPlan("partial", modules, pe_rows=keep_rows, rows=plan.rows,
+                   estimate=plan.estimate - drop * cols)
 
 
 # -- fit errors -----------------------------------------------------------------------------
@@ -168,8 +257,8 @@ def _advice(cfg: AccelConfig, board: Board, top: str, resource: str, used: float
                          f"{blocks:g} {r.bram_unit} of {r.bram_blocks}")
     arr = array_ff_lower_bound(cfg)
     if resource == "dsps":
-        return "rows", (f"the {cfg.rows}x{cfg.cols} array and the store unit need about "
-                        f"{_dsp_demand(cfg, top)} {r.dsp_unit}; or build with dsp='off'")
+        return "rows", (f"each PE multiplier takes a {r.dsp_unit}; build with dsp='auto' "
+                        f"(partial mapping) or dsp='off'")
     if cfg.rows > 2:
         return "rows", f"the {cfg.rows}x{cfg.cols} PE array alone needs at least {arr} FFs"
     return None, (f"nothing left to lower: even the smallest array (rows=2) does not fit; "
@@ -276,13 +365,15 @@ def build_dir_for(board: str | Board, cfg: AccelConfig, *, out_dir: str | Path,
 
 
 def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
-          top: str = "accel", seed: int = 1, dsp: str = "auto", estimate: bool = True,
+          top: str = "accel", seed: int = 1, dsp: str = "auto",
+          dsp_budget: int | None = None, estimate: bool = True,
           force: bool = False, timeout: float = 3600.0,
           progress: Callable[[str], None] | None = None) -> BuildReport:
     """Build ``cfg`` for ``board``; return the :class:`BuildReport` (also ``report.json``).
 
     ``top`` is one of :data:`~lowbit.boards.wrapper.TOPS`; ``seed`` seeds nextpnr; ``dsp`` is
-    ``"auto"``, ``"on"`` or ``"off"``; ``estimate`` runs yosys ``synth_xilinx`` for Xilinx
+    ``"auto"``, ``"on"`` or ``"off"``; ``dsp_budget`` caps the DSP blocks ``"auto"`` may use
+    (default: all of the device's); ``estimate`` runs yosys ``synth_xilinx`` for Xilinx
     boards; ``force`` ignores the cache; ``timeout`` bounds each tool run (seconds).
     Raises :class:`BuildError` if the design does not fit (carrying the report) or a tool
     fails, ``ValueError`` for bad arguments.
@@ -295,6 +386,12 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
         raise ValueError(f"dsp must be one of {', '.join(DSP_CHOICES)}, not {dsp!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if dsp_budget is not None and (isinstance(dsp_budget, bool) or
+                                   not isinstance(dsp_budget, int) or
+                                   not 0 <= dsp_budget <= board.resources.dsps):
+        raise ValueError(f"dsp_budget must be an integer from 0 to {board.resources.dsps} "
+                         f"(the {board.name}'s {board.resources.dsp_unit}s), not {dsp_budget!r}")
+    budget = board.resources.dsps if dsp_budget is None else dsp_budget
     say = progress or (lambda _msg: None)
     t_start = time.monotonic()
 
@@ -302,7 +399,7 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
     report_path = bdir / "report.json"
     key = hashlib.sha256(json.dumps(
         {"v": REPORT_VERSION, "lowbit": __version__, "cfg": cfg.to_dict(), "board": board.name,
-         "top": top, "seed": seed, "dsp": dsp, "estimate": estimate,
+         "top": top, "seed": seed, "dsp": dsp, "dsp_budget": budget, "estimate": estimate,
          "sources": _source_digest()}, sort_keys=True)
         .encode()).hexdigest()[:16]
     if not force and report_path.is_file():
@@ -338,52 +435,71 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
 
     elab, report.top_description = make_top(top, cfg, board_clock_hz=board.clock_mhz * 1e6)
     platform = _platform(board, None if top == "board" else cfg.clock_mhz)
-    use_dsp = dsp == "on" or (dsp == "auto" and _dsp_demand(cfg, top) <= board.resources.dsps)
     say(f"{board.name}: elaborating {cfg.name} ({report.top_description})")
     if board.family == "xc7":
-        return _build_xilinx(board, cfg, top, platform, elab, report, bdir, use_dsp,
+        return _build_xilinx(board, cfg, top, platform, elab, report, bdir, dsp, budget,
                              estimate, timeout, say, t_start)
-    return _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, use_dsp,
+    return _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget,
                           timeout, say, t_start)
 
 
-def _synth_opts(board: Board, use_dsp: bool) -> str:
-    if board.family == "ice40":
-        return "-dsp" if use_dsp else ""
-    return "" if use_dsp else "-nodsp"
+_ECP5_DSP_MAP = ("techmap -map +/mul2dsp.v -map +/lattice/dsp_map_18x18.v -D DSP_A_MAXWIDTH=18 "
+                 "-D DSP_B_MAXWIDTH=18 -D DSP_A_MINWIDTH=2 -D DSP_B_MINWIDTH=2 "
+                 "-D DSP_NAME=$__MUL18X18")
 
 
-def _synthesize(board, platform_factory, elab, bdir, use_dsp, timeout, say) -> Usage:
-    platform = platform_factory()
-    plan = platform.build(elab, name=NAME, do_build=False,
-                          synth_opts=_synth_opts(board, use_dsp),
-                          script_after_synth=f"tee -q -o {NAME}.stat.json stat -json")
-    plan.extract(bdir)
-    say(f"{board.name}: yosys synth_{board.family}{' (DSPs on)' if use_dsp else ''}")
-    if _run("yosys", ["-q", "-l", f"{NAME}.rpt", f"{NAME}.ys"], cwd=bdir,
+def _synth_script(board: Board, plan: DspPlan) -> str:
+    """The yosys script: Amaranth's flow (read RTLIL, synth_<family>, write JSON) plus the
+    DSP choice and a ``stat -json`` for the fit check."""
+    fam = board.family
+    lines = [f"# lowbit build: synthesis of {NAME} for {board.part}, DSPs: {plan.describe()}",
+             f"read_rtlil {NAME}.il"]
+    if plan.mode == "partial":
+        # Map the chosen multipliers to MULT18X18D before synthesis; the rest stay $mul and
+        # become LUT logic (synth_ecp5 -nodsp). Same techmap as synth_ecp5's own.
+        lines += [f"synth_{fam} -nodsp -run begin:coarse -top {NAME}",
+                  f"{_ECP5_DSP_MAP} " + " ".join(f"{m}/t:$mul" for m in plan.modules),
+                  "chtype -set $mul t:$__soft_mul",
+                  f"synth_{fam} -nodsp -run coarse: -top {NAME}"]
+    elif fam == "ice40":
+        lines.append(f"synth_ice40 {'-dsp ' if plan.mode == 'all' else ''}-top {NAME}")
+    else:
+        lines.append(f"synth_{fam} {'-nodsp ' if plan.mode == 'none' else ''}-top {NAME}")
+    lines += [f"tee -q -o {NAME}.stat.json stat -json", f"write_json {NAME}.json"]
+    return "\n".join(lines) + "\n"
+
+
+def _synthesize(board: Board, bdir: Path, plan: DspPlan, timeout, say) -> Usage:
+    (bdir / "synth.ys").write_text(_synth_script(board, plan))
+    say(f"{board.name}: yosys synth_{board.family} (DSPs: {plan.describe()})")
+    if _run("yosys", ["-q", "-l", f"{NAME}.rpt", "synth.ys"], cwd=bdir,
             log="yosys.log", timeout=timeout) != 0:
         raise BuildError(f"yosys failed: {_first_error(bdir / 'yosys.log')} "
                          f"(log: {bdir / 'yosys.log'})")
     return usage_from_stat(json.loads((bdir / f"{NAME}.stat.json").read_text()), board)
 
 
-def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, use_dsp, timeout, say,
+def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, timeout, say,
                    t_start) -> BuildReport:
     seconds = {}
-    clock = None if top == "board" else cfg.clock_mhz
     t = time.monotonic()
-    synth = _synthesize(board, lambda: platform, elab, bdir, use_dsp, timeout, say)
-    if dsp == "auto" and use_dsp and synth.dsps > board.resources.dsps:
-        say(f"{board.name}: {synth.dsps} {board.resources.dsp_unit} > "
-            f"{board.resources.dsps}: synthesizing again with LUT multipliers")
-        use_dsp = False
-        from .wrapper import make_top
-
-        elab, _ = make_top(top, cfg, board_clock_hz=board.clock_mhz * 1e6)
-        synth = _synthesize(board, lambda: _platform(board, clock), elab, bdir, False, timeout,
-                            say)
+    platform.build(elab, name=NAME, do_build=False).extract(bdir)
+    plan = _plan_dsps(board, (bdir / f"{NAME}.il").read_text(), dsp, budget)
+    synth = _synthesize(board, bdir, plan, timeout, say)
+    # The DSP count per multiplier is an estimate: if synthesis used too many, move PE rows
+    # (or, failing that, every multiplier) to LUTs and synthesize again.
+    for _attempt in range(2):
+        if dsp != "auto" or synth.dsps <= budget or plan.mode == "none":
+            break
+        if plan.mode == "partial" and plan.pe_rows > 0:
+            plan = _drop_pe_rows(plan, synth.dsps - budget, cfg.cols)
+        else:
+            plan = DspPlan("none", [])
+        say(f"{board.name}: {synth.dsps} {board.resources.dsp_unit} > {budget}: "
+            f"synthesizing again (DSPs: {plan.describe()})")
+        synth = _synthesize(board, bdir, plan, timeout, say)
     seconds["synth"] = time.monotonic() - t
-    report.dsp_mapping = use_dsp
+    report.dsp_mapping = plan.describe()
     if synth.overflows(board):
         err = _does_not_fit(cfg, board, top, synth, "yosys", report)
         report.seconds = {**seconds, "total": time.monotonic() - t_start}
@@ -445,8 +561,8 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, use_dsp, 
     return report
 
 
-def _build_xilinx(board, cfg, top, platform, elab, report, bdir, use_dsp, estimate, timeout,
-                  say, t_start) -> BuildReport:
+def _build_xilinx(board, cfg, top, platform, elab, report, bdir, dsp, budget, estimate,
+                  timeout, say, t_start) -> BuildReport:
     seconds = {}
     t = time.monotonic()
     plan = platform.build(elab, name=NAME, do_build=False)
@@ -454,9 +570,14 @@ def _build_xilinx(board, cfg, top, platform, elab, report, bdir, use_dsp, estima
     seconds["export"] = time.monotonic() - t
     report.files = {"vivado_tcl": f"{NAME}.tcl", "xdc": f"{NAME}.xdc", "verilog": f"{NAME}.v",
                     "build_script": f"build_{NAME}.sh"}
-    report.dsp_mapping = use_dsp
     report.status = "exported"
     if estimate:
+        # Amaranth's Xilinx plan has Verilog only: take the multiplier widths from RTLIL.
+        from amaranth.back import rtlil
+
+        plan = _plan_dsps(board, rtlil.convert(elab.inner), dsp, budget)
+        use_dsp = plan.mode == "all"
+        report.dsp_mapping = plan.describe()
         say(f"{board.name}: yosys synth_xilinx -family xc7 (resource estimate)")
         script = (f"# Resource estimate of {NAME}.v (lowbit; the Vivado project is "
                   f"{NAME}.tcl)\n"

@@ -4,7 +4,8 @@
 
     lowbit boards [--json]
     lowbit build --board NAME [--config CFG] [--out DIR] [--top accel|array|board]
-                 [--seed N] [--dsp auto|on|off] [--no-estimate] [--force] [--json]
+                 [--seed N] [--dsp auto|on|off] [--dsp-budget N] [--no-estimate] [--force]
+                 [--json]
 
 Errors (an unknown board, a config that does not fit, a failing tool) are raised as
 ``ValueError`` subclasses; :func:`lowbit.cli.main` prints them as one line
@@ -47,8 +48,8 @@ def cmd_build(args) -> int:
 
     try:
         report = build(args.board, args.config, out_dir=args.out, top=args.top, seed=args.seed,
-                       dsp=args.dsp, estimate=not args.no_estimate, force=args.force,
-                       progress=say)
+                       dsp=args.dsp, dsp_budget=args.dsp_budget, estimate=not args.no_estimate,
+                       force=args.force, progress=say)
     except BuildError as exc:
         if exc.report is not None and not args.json:
             print(exc.report.resource_table(), flush=True)
@@ -60,7 +61,7 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _seed(text: str) -> int:
+def _natural(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -92,9 +93,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--top", choices=TOPS, default="accel",
                    help="what to build: the accelerator in a scan wrapper, the PE array "
                         "alone, or the UART board top (default: %(default)s)")
-    p.add_argument("--seed", type=_seed, default=1, help="nextpnr seed (default: %(default)s)")
+    p.add_argument("--seed", type=_natural, default=1, help="nextpnr seed (default: %(default)s)")
     p.add_argument("--dsp", choices=DSP_CHOICES, default="auto",
                    help="map multipliers to DSP blocks (default: %(default)s)")
+    p.add_argument("--dsp-budget", type=_natural, default=None, metavar="N",
+                   help="with --dsp auto: use at most N DSP blocks (default: all)")
     p.add_argument("--no-estimate", action="store_true",
                    help="Xilinx: skip the yosys synth_xilinx resource estimate")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")

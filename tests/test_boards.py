@@ -30,7 +30,10 @@ from lowbit.boards import (
 from lowbit.boards.build import (
     _critical_path,
     _critical_sources,
+    _drop_pe_rows,
     _log_utilisation,
+    _mul_cells,
+    _plan_dsps,
     _platform,
     tool_path,
 )
@@ -202,6 +205,44 @@ def test_critical_path_sources(tmp_path):
     assert _critical_sources(log) == ["hw/store.py:163", "hw/linemem.py:60"]
 
 
+def _rtlil_mul(a, b):
+    return (f"  cell $mul $1\n    parameter \\A_SIGNED 1\n    parameter \\A_WIDTH {a}\n"
+            f"    parameter \\B_WIDTH {b}\n    parameter \\Y_WIDTH {a + b}\n"
+            f"    connect \\A $2\n  end\n")
+
+
+#: RTLIL shaped like Amaranth's: a store unit with a 33x17 multiplier per column, a compute
+#: unit with a 32x10 one per column, and a 4x4 array of 9x4 PE multipliers.
+RTLIL = ("attribute \\top 1\nmodule \\t\nend\n"
+         + "module \\t.accel.store\n" + _rtlil_mul(33, 17) * 4 + "end\n"
+         + "module \\t.accel.compute\n" + _rtlil_mul(32, 10) * 4 + "end\n"
+         + "".join(f"module \\t.accel.compute.array.pe_{i}_{j}\n" + _rtlil_mul(9, 4) + "end\n"
+                   for i in range(4) for j in range(4)))
+
+
+def test_dsp_plan():
+    assert _mul_cells(RTLIL)[:2] == [("t.accel.store", 33, 17)] * 2
+    assert len(_mul_cells(RTLIL)) == 24
+    ecp5, ice40 = get_board("ulx3s-85f"), get_board("icebreaker")
+    # 4 x 2 (store) + 4 x 2 (compute) + 16 PEs = 32 MULT18X18D.
+    assert _plan_dsps(ecp5, RTLIL, "auto").mode == "all"
+    assert _plan_dsps(ecp5, RTLIL, "auto", 32).estimate == 32
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 25)
+    assert (plan.mode, plan.pe_rows, plan.rows, plan.estimate) == ("partial", 2, 4, 24)
+    assert plan.modules[:2] == ["t.accel.store", "t.accel.compute"]
+    assert plan.modules[2:] == [f"t.accel.compute.array.pe_{i}_{j}" for i in (0, 1)
+                                for j in range(4)]
+    assert plan.describe() == "partial: units and 2 of 4 PE rows"
+    fewer = _drop_pe_rows(plan, 3, cols=4)
+    assert (fewer.pe_rows, fewer.estimate, len(fewer.modules)) == (1, 20, 6)
+    # The compute unit's 8 do not fit next to the store's 8; the first PE row does.
+    assert _plan_dsps(ecp5, RTLIL, "auto", 15).modules == \
+        ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)]
+    assert _plan_dsps(ecp5, RTLIL, "off").mode == "none"
+    assert _plan_dsps(ecp5, RTLIL, "on", 0).mode == "all"
+    assert _plan_dsps(ice40, RTLIL, "auto").mode == "none"     # no partial mapping on iCE40
+
+
 # -- fit errors before any tool runs --------------------------------------------------------
 
 def test_16x16_on_ice40_fails_before_synthesis(tmp_path):
@@ -291,7 +332,7 @@ def _check_routed(report: BuildReport, board: str, bitstream: str, min_bytes: in
 def test_ice40_place_and_route(yowasp, out):
     report = build("icebreaker", TINY, out_dir=out, top="array")
     _check_routed(report, "icebreaker", "lowbit_build.bin", 100_000)
-    assert report.dsp_mapping is True and report.resources["logic"]["unit"] == "LC"
+    assert report.dsp_mapping == "all" and report.resources["logic"]["unit"] == "LC"
     assert not report.cached and report.seconds["total"] < 60
 
 
@@ -315,6 +356,19 @@ def test_ecp5_place_and_route(yowasp, out):
     _check_routed(report, "ulx3s-85f", "lowbit_build.bit", 500_000)
     assert report.resources["dsps"]["unit"] == "MULT18X18D"
     assert report.seconds["total"] < 60
+
+
+def test_ecp5_partial_dsp_mapping(yowasp, out):
+    """Two of the device's DSPs for a 2x2 array: the first PE row gets them, the second is
+    built from LUTs."""
+    report = build("ulx3s-85f", TINY, out_dir=out / "partial", top="array", dsp_budget=2)
+    assert report.dsp_mapping == "partial: units and 1 of 2 PE rows"
+    assert report.resources["dsps"]["used"] == 2 and report.status == "routed"
+    full = build("ulx3s-85f", TINY, out_dir=out, top="array")
+    assert report.resources["logic"]["used"] > full.resources["logic"]["used"]
+    with pytest.raises(ValueError, match=r"^dsp_budget must be an integer from 0 to 156 "
+                                         r"\(the ulx3s-85f's MULT18X18Ds\), not 157$"):
+        build("ulx3s-85f", TINY, out_dir=out, dsp_budget=157)
 
 
 @pytest.mark.parametrize("board", ["pynq-z2", "arty-a7-35"])
