@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowbit import __version__
@@ -147,15 +147,19 @@ def _source_digest() -> str:
 #: DSP multiplier size per family (yosys mul2dsp: A x B signed, inputs of 2 bits or more).
 _DSP_SIZE = {"ice40": (16, 16), "ecp5": (18, 18), "xc7": (25, 18)}
 _PE_MODULE = re.compile(r"\.pe_(\d+)_(\d+)$")
-_RTLIL_MUL = re.compile(r"^\s*cell \$mul \S+\n((?:\s*parameter .*\n)*)", re.M)
+_RTLIL_MUL = re.compile(r"^\s*cell \$mul \S+\n(.*?)^\s*end$", re.M | re.S)
+_RTLIL_CONST = re.compile(r"^\s*connect \\[AB] \d+'[01xz]+\s*$", re.M)
 
 
 def _mul_cells(il_text: str) -> list[tuple[str, int, int]]:
-    """(module, A width, B width) of every ``$mul`` cell in Amaranth's RTLIL."""
+    """(module, A width, B width) of every ``$mul`` cell in Amaranth's RTLIL that multiplies
+    two signals (a constant factor becomes shifts and adds, never a DSP)."""
     cells = []
     for chunk in il_text.split("\nmodule ")[1:]:
         module = chunk.split("\n", 1)[0].strip().lstrip("\\")
         for m in _RTLIL_MUL.finditer(chunk):
+            if _RTLIL_CONST.search(m.group(1)):
+                continue
             params = dict(re.findall(r"parameter \\(\w+) (\d+)", m.group(1)))
             cells.append((module, int(params.get("A_WIDTH", 0)), int(params.get("B_WIDTH", 0))))
     return cells
@@ -173,13 +177,14 @@ def _dsp_cost(family: str, a: int, b: int) -> int:
 class DspPlan:
     """Which multipliers go to DSP blocks: ``mode`` is ``all``, ``none`` or ``partial``;
     for ``partial``, ``modules`` get DSPs (the unit multipliers first, then whole PE rows,
-    top row first) and every other multiplier is built from LUTs."""
+    top row first) and the multipliers of ``soft`` are built from LUTs."""
 
     mode: str
     modules: list[str]
     pe_rows: int = 0
     rows: int = 0
     estimate: int = 0
+    soft: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.mode != "partial":
@@ -223,17 +228,21 @@ def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) 
         used, n_rows = used + cost, n_rows + 1
     if not chosen:
         return DspPlan("none", [], estimate=0)
-    return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used)
+    soft = [m for m in costs if m not in chosen]
+    return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used, soft=soft)
 
 
 def _drop_pe_rows(plan: DspPlan, excess: int, cols: int) -> DspPlan:
     """``plan`` with enough of its last PE rows moved to LUTs to free ``excess`` DSPs."""
     drop = min(plan.pe_rows, -(-excess // max(cols, 1)))
     keep_rows = plan.pe_rows - drop
-    modules = [m for m in plan.modules
-               if not (_PE_MODULE.search(m) and int(_PE_MODULE.search(m).group(1)) >= keep_rows)]
-    return DspPlan("partial", modules, pe_rows=keep_rows, rows=plan.rows,
-                   estimate=plan.estimate - drop * cols)
+
+    def dropped(module):
+        m = _PE_MODULE.search(module)
+        return m is not None and int(m.group(1)) >= keep_rows
+    return DspPlan("partial", [m for m in plan.modules if not dropped(m)], pe_rows=keep_rows,
+                   rows=plan.rows, estimate=plan.estimate - drop * cols,
+                   soft=plan.soft + [m for m in plan.modules if dropped(m)])
 
 
 # -- fit errors -----------------------------------------------------------------------------
@@ -443,11 +452,6 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
                           timeout, say, t_start)
 
 
-_ECP5_DSP_MAP = ("techmap -map +/mul2dsp.v -map +/lattice/dsp_map_18x18.v -D DSP_A_MAXWIDTH=18 "
-                 "-D DSP_B_MAXWIDTH=18 -D DSP_A_MINWIDTH=2 -D DSP_B_MINWIDTH=2 "
-                 "-D DSP_NAME=$__MUL18X18")
-
-
 def _synth_script(board: Board, plan: DspPlan) -> str:
     """The yosys script: Amaranth's flow (read RTLIL, synth_<family>, write JSON) plus the
     DSP choice and a ``stat -json`` for the fit check."""
@@ -455,12 +459,12 @@ def _synth_script(board: Board, plan: DspPlan) -> str:
     lines = [f"# lowbit build: synthesis of {NAME} for {board.part}, DSPs: {plan.describe()}",
              f"read_rtlil {NAME}.il"]
     if plan.mode == "partial":
-        # Map the chosen multipliers to MULT18X18D before synthesis; the rest stay $mul and
-        # become LUT logic (synth_ecp5 -nodsp). Same techmap as synth_ecp5's own.
-        lines += [f"synth_{fam} -nodsp -run begin:coarse -top {NAME}",
-                  f"{_ECP5_DSP_MAP} " + " ".join(f"{m}/t:$mul" for m in plan.modules),
-                  "chtype -set $mul t:$__soft_mul",
-                  f"synth_{fam} -nodsp -run coarse: -top {NAME}"]
+        # Turn the multipliers that get no DSP into gates while the design is still
+        # hierarchical (one module per PE), then run the standard flow, which maps every
+        # multiplier left to a DSP block.
+        soft = " ".join(f"{m}/t:$mul" for m in plan.soft)
+        lines += [f"hierarchy -top {NAME}", "proc", f"wreduce {soft}",
+                  f"techmap -map +/techmap.v {soft}", f"synth_{fam} -top {NAME}"]
     elif fam == "ice40":
         lines.append(f"synth_ice40 {'-dsp ' if plan.mode == 'all' else ''}-top {NAME}")
     else:

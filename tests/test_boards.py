@@ -205,15 +205,18 @@ def test_critical_path_sources(tmp_path):
     assert _critical_sources(log) == ["hw/store.py:163", "hw/linemem.py:60"]
 
 
-def _rtlil_mul(a, b):
+def _rtlil_mul(a, b, const_b=False):
+    b_sig = f"{b}'{'0' * (b - 1)}1" if const_b else "$3"
     return (f"  cell $mul $1\n    parameter \\A_SIGNED 1\n    parameter \\A_WIDTH {a}\n"
             f"    parameter \\B_WIDTH {b}\n    parameter \\Y_WIDTH {a + b}\n"
-            f"    connect \\A $2\n  end\n")
+            f"    connect \\A $2\n    connect \\B {b_sig}\n    connect \\Y $4\n  end\n")
 
 
 #: RTLIL shaped like Amaranth's: a store unit with a 33x17 multiplier per column, a compute
-#: unit with a 32x10 one per column, and a 4x4 array of 9x4 PE multipliers.
+#: unit with a 32x10 one per column, a 4x4 array of 9x4 PE multipliers, and constant
+#: multiplications (address arithmetic) that never take a DSP.
 RTLIL = ("attribute \\top 1\nmodule \\t\nend\n"
+         + "module \\t.accel.frontend\n" + _rtlil_mul(3, 8, const_b=True) * 9 + "end\n"
          + "module \\t.accel.store\n" + _rtlil_mul(33, 17) * 4 + "end\n"
          + "module \\t.accel.compute\n" + _rtlil_mul(32, 10) * 4 + "end\n"
          + "".join(f"module \\t.accel.compute.array.pe_{i}_{j}\n" + _rtlil_mul(9, 4) + "end\n"
@@ -233,8 +236,10 @@ def test_dsp_plan():
     assert plan.modules[2:] == [f"t.accel.compute.array.pe_{i}_{j}" for i in (0, 1)
                                 for j in range(4)]
     assert plan.describe() == "partial: units and 2 of 4 PE rows"
+    assert plan.soft == [f"t.accel.compute.array.pe_{i}_{j}" for i in (2, 3) for j in range(4)]
     fewer = _drop_pe_rows(plan, 3, cols=4)
     assert (fewer.pe_rows, fewer.estimate, len(fewer.modules)) == (1, 20, 6)
+    assert len(fewer.soft) == 12 and "t.accel.compute.array.pe_1_0" in fewer.soft
     # The compute unit's 8 do not fit next to the store's 8; the first PE row does.
     assert _plan_dsps(ecp5, RTLIL, "auto", 15).modules == \
         ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)]
