@@ -21,7 +21,9 @@ class ComputeUnit(wiring.Component):
       weight tile's ``weight_tile_beats`` words, one per cycle, into a shift chain.
     * **S** (stream) takes over from P when the chain is full, S is on its last row or idle,
       and the weight bank the tile goes to has drained; at that edge the chain is committed
-      to the bank. S reads one activation line per cycle; a SYNC occupies S for one cycle.
+      to the bank. S reads one activation line per cycle (``rows`` of them, plus
+      ``dw_taps - 1`` more for a ``depthwise`` COMPUTE, whose last results need the lines
+      after them; those extra lines produce no result); a SYNC occupies S for one cycle.
     * Results are written to the accumulator memory ``result`` cycles after each read
       (read-modify-write through a transparent port); an instruction completes, and pushes
       its tokens, on the edge its last result is written.
@@ -52,7 +54,9 @@ class ComputeUnit(wiring.Component):
         tm = self.timing
 
         m.submodules.array = array = SystolicArray(
-            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits)
+            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
+            dw_taps=cfg.dw_taps)
+        tail = cfg.dw_taps - 1
 
         # -- P stage ------------------------------------------------------------------------
         p_valid = Signal()
@@ -64,6 +68,7 @@ class ComputeUnit(wiring.Component):
         p_max = Signal()
         p_mul = Signal(8)
         p_uns = Signal()
+        p_dw = Signal()
         p_push_prev = Signal()
         p_push_next = Signal()
         p_rd_ptr = Signal(16)
@@ -88,6 +93,7 @@ class ComputeUnit(wiring.Component):
                 p_rows.eq(field(ins, F, "rows")), p_accum.eq(field(ins, F, "accumulate")),
                 p_max.eq(field(ins, F, "acc_max")), p_mul.eq(field(ins, F, "mul_m1")),
                 p_uns.eq(field(ins, F, "act_unsigned")),
+                p_dw.eq(field(ins, F, "depthwise")),
                 p_push_prev.eq(field(ins, F, "push_prev")),
                 p_push_next.eq(field(ins, F, "push_next")),
                 p_rd_ptr.eq(field(ins, F, "weight_addr")),
@@ -114,6 +120,8 @@ class ComputeUnit(wiring.Component):
         s_max = Signal()
         s_mul = Signal(8)
         s_uns = Signal()
+        s_dw = Signal()
+        s_tail = Signal(range(tail + 1))   # trailing lines of a depthwise COMPUTE
         s_sync = Signal()
         s_push_prev = Signal()
         s_push_next = Signal()
@@ -131,8 +139,12 @@ class ComputeUnit(wiring.Component):
 
         issuing = Signal()
         m.d.comb += issuing.eq(s_left != 0)
-        last = Signal()
+        last = Signal()            # last line read
         m.d.comb += last.eq(s_left == 1)
+        result = Signal()          # a line with a result (not a depthwise trailing line)
+        m.d.comb += result.eq(issuing & ~s_sync & (s_left > s_tail))
+        last_result = Signal()     # the line whose result completes the instruction
+        m.d.comb += last_result.eq(issuing & (s_left == s_tail + 1))
         with m.If(issuing):
             m.d.sync += [s_left.eq(s_left - 1), s_act.eq(s_act + 1), s_acc.eq(s_acc + 1)]
             with m.If(last & ~s_sync):
@@ -140,7 +152,8 @@ class ComputeUnit(wiring.Component):
         with m.If(handoff):
             m.d.sync += [
                 p_valid.eq(0),
-                s_left.eq(Mux(p_sync, 1, p_rows)),
+                s_left.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, tail, 0))),
+                s_tail.eq(Mux(p_sync | ~p_dw, 0, tail)), s_dw.eq(p_dw & ~p_sync),
                 s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
                 s_max.eq(p_max), s_mul.eq(p_mul),
                 s_sync.eq(p_sync),
@@ -155,7 +168,9 @@ class ComputeUnit(wiring.Component):
         m.d.comb += [self.act_en.eq(issuing & ~s_sync), self.act_addr.eq(s_act)]
         uns_d = Signal()
         sel_d = Array(Signal(name=f"sel_d{k}") for k in range(2))
-        m.d.sync += [uns_d.eq(s_uns), sel_d[0].eq(bank), sel_d[1].eq(sel_d[0])]
+        dw_d = Array(Signal(name=f"dw_d{k}") for k in range(2))
+        m.d.sync += [uns_d.eq(s_uns), sel_d[0].eq(bank), sel_d[1].eq(sel_d[0]),
+                     dw_d[0].eq(s_dw), dw_d[1].eq(dw_d[0])]
         for i in range(R):
             byte = self.act_data[i * 8:(i + 1) * 8]
             a = Signal.like(array.a[i], name=f"a{i}")
@@ -163,7 +178,7 @@ class ComputeUnit(wiring.Component):
             with m.If(uns_d):
                 m.d.sync += a.eq(byte.as_unsigned())
             m.d.comb += array.a[i].eq(a)
-        m.d.comb += array.sel.eq(sel_d[1])
+        m.d.comb += [array.sel.eq(sel_d[1]), array.dw.eq(dw_d[1])]
 
         # -- result pipeline ----------------------------------------------------------------
         D = tm["result"]
@@ -175,13 +190,13 @@ class ComputeUnit(wiring.Component):
 
         stages = [meta_sig(f"meta{k}") for k in range(D + 1)]
         m.d.comb += [
-            stages[0]["valid"].eq(issuing & ~s_sync),
+            stages[0]["valid"].eq(result),
             stages[0]["addr"].eq(s_acc),
             stages[0]["accum"].eq(s_accum),
             stages[0]["max"].eq(s_max),
             stages[0]["mul"].eq(s_mul),
-            stages[0]["pprev"].eq(issuing & last & s_push_prev),
-            stages[0]["pnext"].eq(issuing & last & s_push_next),
+            stages[0]["pprev"].eq(last_result & s_push_prev),
+            stages[0]["pnext"].eq(last_result & s_push_next),
         ]
         for k in range(D):
             m.d.sync += [stages[k + 1][n].eq(stages[k][n]) for n, _ in meta_layout]

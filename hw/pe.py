@@ -1,6 +1,6 @@
 """Processing element and the weight-stationary systolic array."""
 
-from amaranth import Array, Module, Signal, signed
+from amaranth import Array, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,16 +14,19 @@ ACT_WIDTH = 9
 class PE(wiring.Component):
     """One multiply-accumulate cell with two weight banks.
 
-    Each cycle: ``p_out <= p_in + a_in * w[sel_in]`` (wrapping at ``acc_bits``),
-    ``a_out <= a_in``, ``sel_out <= sel_in``. Latency 1 on every path. ``w_load`` writes
-    ``w_data`` into bank ``w_bank`` at the clock edge; the other bank keeps serving.
+    Each cycle: ``p_out <= p_in + a_in * w[sel_in]`` (wrapping at ``psum_bits``),
+    ``a_out <= a_in``, ``sel_out <= sel_in``. Latency 1 on every path. ``prod`` is the
+    product ``a_in * w[sel_in]`` of this cycle (combinational, for the depthwise row sums).
+    ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock edge; the other bank keeps
+    serving.
     """
 
-    def __init__(self, *, weight_bits: int, acc_bits: int):
-        self.weight_bits, self.acc_bits = weight_bits, acc_bits
+    def __init__(self, *, weight_bits: int, psum_bits: int):
+        self.weight_bits, self.psum_bits = weight_bits, psum_bits
         super().__init__({
-            "a_in": In(signed(ACT_WIDTH)), "sel_in": In(1), "p_in": In(signed(acc_bits)),
-            "a_out": Out(signed(ACT_WIDTH)), "sel_out": Out(1), "p_out": Out(signed(acc_bits)),
+            "a_in": In(signed(ACT_WIDTH)), "sel_in": In(1), "p_in": In(signed(psum_bits)),
+            "a_out": Out(signed(ACT_WIDTH)), "sel_out": Out(1), "p_out": Out(signed(psum_bits)),
+            "prod": Out(signed(ACT_WIDTH + weight_bits)),
             "w_load": In(1), "w_bank": In(1), "w_data": In(signed(weight_bits)),
         })
 
@@ -32,10 +35,11 @@ class PE(wiring.Component):
         banks = Array(Signal(signed(self.weight_bits), name=f"w{b}") for b in range(2))
         with m.If(self.w_load):
             m.d.sync += banks[self.w_bank].eq(self.w_data)
+        m.d.comb += self.prod.eq(self.a_in * banks[self.sel_in])
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.sel_out.eq(self.sel_in),
-            self.p_out.eq(self.p_in + self.a_in * banks[self.sel_in]),
+            self.p_out.eq(self.p_in + self.prod),
         ]
         return m
 
@@ -43,9 +47,21 @@ class PE(wiring.Component):
 class SystolicArray(wiring.Component):
     """``rows x cols`` weight-stationary array with input skew and output de-skew.
 
-    Vector ``a`` (``rows`` lanes, element ``i`` multiplies weight row ``i``) and its bank
-    select enter together; ``rows + cols - 1`` cycles later ``p`` holds
-    ``p[j] = sum_i a[i] * w[sel][i][j]`` for it, one vector per cycle, no back-pressure.
+    Vector ``a`` (``rows`` lanes, element ``i`` multiplies weight row ``i``), its bank
+    select and its mode ``dw`` enter together; ``rows + cols - 1`` cycles later ``p`` holds
+    its result, one vector per cycle, no back-pressure:
+
+    * ``dw = 0`` (matrix): ``p[j] = sum_i a[i] * w[sel][i][j]``;
+    * ``dw = 1`` (depthwise row mode, square arrays): ``p[i] = sum_{o < taps}
+      a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}`` is the vector that entered
+      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so its last
+      ``taps`` PEs hold ``taps`` consecutive vectors' lane ``i``; their products are summed
+      per row and replace the column sums at the de-skew input. The ``taps - 1`` vectors
+      after the last one of a depthwise run must be streamed too (the compute unit does).
+
+    Partial sums are ``psum_bits`` wide (enough for ``rows`` products, or ``acc_bits`` if
+    narrower: they wrap exactly like ``acc_bits`` accumulators then) and sign-extend to
+    ``acc_bits`` at ``p``.
 
     ``w_load`` writes the whole tile ``w_tile`` (element ``(i, j)`` at bits
     ``[(i*cols+j)*wb, +wb)``) into bank ``w_bank`` of every PE at once. A bank may be
@@ -53,11 +69,16 @@ class SystolicArray(wiring.Component):
     ``rows + cols - 2`` cycles (:attr:`drain`).
     """
 
-    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int):
+    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int,
+                 dw_taps: int):
+        if rows != cols:
+            raise ValueError(f"the depthwise row mode needs a square array, not {rows}x{cols}")
+        if not 1 <= dw_taps <= cols:
+            raise ValueError(f"dw_taps must be from 1 to cols={cols}, not {dw_taps}")
         self.rows, self.cols = rows, cols
-        self.weight_bits, self.acc_bits = weight_bits, acc_bits
+        self.weight_bits, self.acc_bits, self.dw_taps = weight_bits, acc_bits, dw_taps
         super().__init__({
-            "a": In(signed(ACT_WIDTH)).array(rows), "sel": In(1),
+            "a": In(signed(ACT_WIDTH)).array(rows), "sel": In(1), "dw": In(1),
             "p": Out(signed(acc_bits)).array(cols),
             "w_load": In(1), "w_bank": In(1), "w_tile": In(rows * cols * weight_bits),
         })
@@ -70,10 +91,18 @@ class SystolicArray(wiring.Component):
     def drain(self) -> int:
         return self.rows + self.cols - 2
 
+    @property
+    def psum_bits(self) -> int:
+        """In-array partial sum width: a sum of ``rows`` products of a 9-bit activation and
+        a ``weight_bits`` weight, at most ``acc_bits``."""
+        return min(self.acc_bits,
+                   ACT_WIDTH + self.weight_bits + (self.rows - 1).bit_length())
+
     def elaborate(self, platform):
         m = Module()
-        R, C, wb = self.rows, self.cols, self.weight_bits
-        pes = [[PE(weight_bits=wb, acc_bits=self.acc_bits) for _ in range(C)] for _ in range(R)]
+        R, C, wb, T = self.rows, self.cols, self.weight_bits, self.dw_taps
+        pw = self.psum_bits
+        pes = [[PE(weight_bits=wb, psum_bits=pw) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 pe = pes[i][j]
@@ -93,10 +122,25 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
+        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors; the
+        # registered sum for vector t is ready when column i's sum for t would be
+        # (t + rows + i), so it enters column i's de-skew chain in its place.
+        row_sum = []
+        for i in range(R):
+            r = Signal(signed(pw), name=f"row_sum{i}")
+            m.d.sync += r.eq(sum(pes[i][C - 1 - o].prod for o in range(T)))
+            row_sum.append(r)
+        # The mode bit of vector t, delayed to t + rows + j for lane j.
+        dw_d = [self.dw]
+        for d in range(R + C - 1):
+            s_d = Signal(name=f"dw_d{d + 1}")
+            m.d.sync += s_d.eq(dw_d[-1])
+            dw_d.append(s_d)
         for j in range(C):
-            p = pes[R - 1][j].p_out
+            p = Signal(signed(pw), name=f"lane{j}")
+            m.d.comb += p.eq(Mux(dw_d[R + j], row_sum[j], pes[R - 1][j].p_out))
             for d in range(C - 1 - j):
-                p_d = Signal(signed(self.acc_bits), name=f"deskew{j}_{d}")
+                p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
                 m.d.sync += p_d.eq(p)
                 p = p_d
             m.d.comb += self.p[j].eq(p)

@@ -56,8 +56,9 @@ def check_program(prog) -> None:
         elif ins.opcode == Opcode.COMPUTE:
             if ins.rows < 1:
                 bad("rows must be at least 1")
-            if ins.act_addr + ins.rows > cfg.act_depth:
-                bad(f"reads activation lines up to {ins.act_addr + ins.rows - 1}, "
+            lines = ins.rows + (cfg.dw_taps - 1 if ins.depthwise else 0)
+            if ins.act_addr + lines > cfg.act_depth:
+                bad(f"reads activation lines up to {ins.act_addr + lines - 1}, "
                     f"act_depth is {cfg.act_depth}")
             if ins.acc_addr + ins.rows > cfg.acc_depth:
                 bad(f"writes accumulator lines up to {ins.acc_addr + ins.rows - 1}, "

@@ -102,6 +102,7 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("act_unsigned", 1),   # activations are unsigned (0..255) rather than signed
         ("mul_m1", 8),         # results are multiplied by mul_m1 + 1 (1..256) before use
         ("acc_max", 1),        # with accumulate: keep the maximum instead of the sum
+        ("depthwise", 1),      # row mode: lane i sums its own channel over dw_taps lines
     ),
     Opcode.STORE: (
         ("acc_addr", 16),      # first accumulator line

@@ -20,8 +20,9 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
   edge later.
 * compute: preload start ``P`` >= dispatch + 1 and previous hand-off + 1; hand-off
   ``X >= P + nw + 2``, >= the previous instruction's last row, >= the last row of the
-  tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows``; completes
-  ``result`` edges after the last row.
+  tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows`` (a depthwise
+  COMPUTE reads ``dw_taps - 1`` more lines after them, holding S as long); completes
+  ``result`` edges after its last row ``X + rows``.
 * store: start ``S``; completes at ``S + 4 + max(beats, rows) + L``.
 """
 
@@ -162,11 +163,12 @@ def simulate_timing(program: Program, *, mem_latency: int,
             if not sync and len(last_rows) >= 2:
                 x = max(x, last_rows[-2] + tm.bank_wait + 1)
             rows = 1 if sync else ins.rows
-            last = x + rows
+            tail = cfg.dw_taps - 1 if not sync and ins.depthwise else 0
+            last = x + rows + tail
             busy = (x + 1, last)
             s_free = last
             compute_pfree = x + 1
-            end = last + tm.result
+            end = x + rows + tm.result
             if sync:
                 compute_idle = max(compute_idle,
                                    end + 1 if (ins.push_prev or ins.push_next) else x + 2)
@@ -175,7 +177,7 @@ def simulate_timing(program: Program, *, mem_latency: int,
                 compute_idle = max(compute_idle, end + 1)
                 counters["macs"] += rows * cfg.rows * cfg.cols
                 counters["compute_rows"] += rows
-                counters["compute_busy"] += rows
+                counters["compute_busy"] += rows + tail
             if ins.push_prev:
                 tok["compute->load"].gives.append(end)
             if ins.push_next:

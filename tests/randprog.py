@@ -41,12 +41,15 @@ def random_program(cfg, seed: int, *, length: int = 24) -> Program:
                                    pop_next=pop("c2l"), push_next=push("l2c")))
         elif kind == "compute":
             rows = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
+            dw = int(rng.random() < 0.3)
+            lines = rows + (cfg.dw_taps - 1) * dw
             instrs.append(isa.make(
-                Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - rows)),
+                Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - lines + 1)),
                 weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),
                 acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
                 accumulate=int(rng.integers(0, 2)), act_unsigned=int(rng.integers(0, 2)),
                 mul_m1=int(rng.integers(0, 256)), acc_max=int(rng.integers(0, 2)),
+                depthwise=dw,
                 pop_prev=pop("l2c"), pop_next=pop("s2c"),
                 push_prev=push("c2l"), push_next=push("c2s")))
         elif kind == "store":

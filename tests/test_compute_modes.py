@@ -1,6 +1,6 @@
-"""COMPUTE's scaled accumulation (``mul_m1``) and max accumulation (``acc_max``): the RTL
-equals the reference interpreter and an independent numpy model, and the simulator's cycles
-equal the RTL's."""
+"""COMPUTE's scaled accumulation (``mul_m1``), max accumulation (``acc_max``) and depthwise
+row mode (``depthwise``): the RTL equals the reference interpreter and an independent numpy
+model, and the simulator's cycles equal the RTL's."""
 
 import numpy as np
 import pytest
@@ -16,16 +16,18 @@ from amaranth_top import run_top
 
 
 def _program(cfg, rng, m, steps):
-    """act (2*m, R) and one weight tile; COMPUTE steps (accumulate, acc_max, mul_m1, half)."""
+    """act (2*m + 4, R) and one weight tile; COMPUTE steps (accumulate, acc_max, mul_m1,
+    half, depthwise)."""
     R = cfg.rows
+    T = cfg.dw_taps
     wb = cfg.weight_bits
-    acts = rng.integers(-128, 128, (2 * m, R))
+    acts = rng.integers(-128, 128, (2 * m + 4, R))
     tile = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (R, R))
     w_addr, p_addr, a_addr, y_addr = 0x1000, 0x2000, 0x3000, 0x4000
     params = layout.pack_params(np.zeros(R), np.ones(R), np.full(R, 8))
     segments = [(w_addr, layout.pack_weight_tile(cfg, tile)), (p_addr, params),
                 (a_addr, layout.pack_act(cfg, acts))]
-    act_beats = 2 * m * R * 8 // cfg.bus_bits
+    act_beats = (2 * m + 4) * R * 8 // cfg.bus_bits
     instrs = [
         isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
                  row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
@@ -34,18 +36,23 @@ def _program(cfg, rng, m, steps):
         isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1, row_beats=act_beats,
                  dram_addr=a_addr, push_next=1),
     ]
-    for k, (accumulate, acc_max, mul_m1, half) in enumerate(steps):
+    for k, (accumulate, acc_max, mul_m1, half, dw) in enumerate(steps):
         instrs.append(isa.make(Opcode.COMPUTE, act_addr=half * m, rows=m, accumulate=accumulate,
-                               acc_max=acc_max, mul_m1=mul_m1, pop_prev=int(k == 0),
-                               push_next=int(k == len(steps) - 1)))
+                               acc_max=acc_max, mul_m1=mul_m1, depthwise=dw,
+                               pop_prev=int(k == 0), push_next=int(k == len(steps) - 1)))
     instrs += [isa.make(Opcode.STORE, rows=m, out_bits=8, dram_addr=y_addr, pop_prev=1),
                isa.make(Opcode.END)]
     prog = Program(config=cfg, instrs=instrs, segments=segments, inputs=[],
                    outputs=[TensorRef(name="y", addr=y_addr, rows=m, cols=R)])
     # Independent model.
     acc = None
-    for accumulate, acc_max, mul_m1, half in steps:
-        r = layout.wrap((acts[half * m:(half + 1) * m] @ tile) * (mul_m1 + 1), 32)
+    for accumulate, acc_max, mul_m1, half, dw in steps:
+        a0 = half * m
+        if dw:   # lane i of line m sums lane i of lines m .. m+T-1, weights from the right
+            prod = sum(acts[a0 + o:a0 + o + m] * tile[:, R - 1 - o][None, :] for o in range(T))
+        else:
+            prod = acts[a0:a0 + m] @ tile
+        r = layout.wrap(prod * (mul_m1 + 1), 32)
         if not accumulate:
             acc = r
         elif acc_max:
@@ -60,13 +67,29 @@ def _program(cfg, rng, m, steps):
 def test_scaled_and_max_accumulation(seed):
     cfg = PRESETS["tiny"]
     rng = np.random.default_rng(seed)
-    steps = [(0, 0, int(rng.integers(0, 256)), 0),
-             (1, 1, int(rng.integers(0, 256)), 1),
-             (1, 0, int(rng.integers(0, 256)), 0),
-             (1, 1, 0, 1)]
+    steps = [(0, 0, int(rng.integers(0, 256)), 0, 0),
+             (1, 1, int(rng.integers(0, 256)), 1, 0),
+             (1, 0, int(rng.integers(0, 256)), 0, 0),
+             (1, 1, 0, 1, 0)]
     prog, want = _program(cfg, rng, 8, steps)
     ref = run_reference(prog, {})
     assert np.array_equal(ref.outputs["y"], want)
     mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=5)
     assert np.array_equal(prog.read_outputs(mem)["y"], want)
     assert simulate_timing(prog, mem_latency=5)[0] == rtl["cycles"]
+
+
+@pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2)])
+def test_depthwise_row_mode(name, seed):
+    """Depthwise passes mixed with matrix passes, back to back (the trailing lines of one
+    flow into the array while the next instruction streams)."""
+    cfg = PRESETS[name]
+    rng = np.random.default_rng(seed)
+    steps = [(0, 0, 0, 0, 1), (1, 0, int(rng.integers(0, 4)), 1, 1), (1, 0, 0, 0, 0),
+             (1, 0, 0, 1, 1), (1, 1, 0, 0, 1), (1, 0, 2, 1, 0), (1, 0, 0, 0, 1)]
+    prog, want = _program(cfg, rng, 11, steps)
+    ref = run_reference(prog, {})
+    assert np.array_equal(ref.outputs["y"], want)
+    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=4)
+    assert np.array_equal(prog.read_outputs(mem)["y"], want)
+    assert simulate_timing(prog, mem_latency=4)[0] == rtl["cycles"]

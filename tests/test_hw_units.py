@@ -30,7 +30,7 @@ def _wrap(v, bits):
 @pytest.mark.parametrize("wb", [2, 3, 4, 8])
 def test_pe_matches_model(wb):
     acc_bits = 20
-    dut = PE(weight_bits=wb, acc_bits=acc_bits)
+    dut = PE(weight_bits=wb, psum_bits=acc_bits)
     rng = np.random.default_rng(wb)
     banks = [0, 0]
 
@@ -46,6 +46,7 @@ def test_pe_matches_model(wb):
                            (dut.w_load, load), (dut.w_bank, bank), (dut.w_data, w)):
                 ctx.set(sig, v)
             expect = _wrap(p + a * banks[sel], acc_bits)
+            assert ctx.get(dut.prod) == a * banks[sel]
             await ctx.tick()
             if load:
                 banks[bank] = w
@@ -62,11 +63,13 @@ def _tile_bits(w, wb):
     return value
 
 
-@pytest.mark.parametrize("n,wb", [(2, 2), (4, 3), (8, 8)])
-def test_array_matches_matmul_with_bank_reload(n, wb):
-    """Random vectors alternate banks; bank 0 is reloaded at the earliest allowed edge."""
-    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=32)
-    rng = np.random.default_rng(n)
+@pytest.mark.parametrize("n,wb,acc", [(2, 2, 32), (4, 3, 32), (8, 8, 32), (4, 8, 16)])
+def test_array_matches_matmul_with_bank_reload(n, wb, acc):
+    """Random vectors alternate banks and modes (matrix / depthwise row mode); bank 0 is
+    reloaded at the earliest allowed edge. Expected values come from numpy per vector."""
+    taps = min(3, n)
+    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc, dw_taps=taps)
+    rng = np.random.default_rng(n + acc)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
     tiles = [rng.integers(lo, hi, (n, n)) for _ in range(3)]
     total = 60
@@ -74,6 +77,7 @@ def test_array_matches_matmul_with_bank_reload(n, wb):
     sels = rng.integers(0, 2, total)
     sels[20:] = 1          # vectors 20..39 use bank 1 while bank 0 is reloaded with tile 2
     sels[40:] = 0
+    dws = rng.integers(0, 2, total)
     reload_at = 19 + dut.drain + 1   # last bank-0 vector entered at 19
     got = {}
 
@@ -89,6 +93,7 @@ def test_array_matches_matmul_with_bank_reload(n, wb):
                 for i in range(n):
                     ctx.set(dut.a[i], int(vecs[t, i]))
                 ctx.set(dut.sel, int(sels[t]))
+                ctx.set(dut.dw, int(dws[t]))
             load = t == reload_at - 1
             ctx.set(dut.w_load, load)
             if load:
@@ -100,9 +105,24 @@ def test_array_matches_matmul_with_bank_reload(n, wb):
 
     _run(dut, tb)
     assert reload_at <= 40  # the new tile is in place before vector 40 uses bank 0
-    for t in range(total):
-        tile = tiles[1] if sels[t] else (tiles[0] if t < 40 else tiles[2])
-        assert got[t] == list(vecs[t] @ tile), t
+
+    def tile_of(t):
+        return tiles[1] if sels[t] else (tiles[0] if t < 40 else tiles[2])
+
+    def wrap(v):
+        return [(int(x) + (1 << (acc - 1))) % (1 << acc) - (1 << (acc - 1)) for x in v]
+
+    checked = 0
+    for t in range(total - taps + 1):
+        if dws[t]:
+            # each product uses the bank of the vector in that PE
+            want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 1 - o])
+                        for o in range(taps)) for i in range(n)]
+        else:
+            want = list(vecs[t] @ tile_of(t))
+        assert got[t] == wrap(want), t
+        checked += int(dws[t])
+    assert checked > 10
 
 
 @pytest.mark.parametrize("line,beat", [(32, 32), (128, 32), (16, 64), (64, 256)])
