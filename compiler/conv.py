@@ -184,6 +184,8 @@ def _conv_taps(cfg, op: Conv2D, cin: int):
     rows_i, cols_o = np.nonzero(same)
     dense[:, :, rows_i, cols_o] = op.weight[:, :, rows_i % cig, cols_o]
     taps, tiles = [], []
+    if cig == 1 and cog == 1:
+        return _depthwise_taps(cfg, op, dense, nb)
     for n in range(nb):
         for k in range(kb):
             if not same[k * R:(k + 1) * R, n * C:(n + 1) * C].any():
@@ -192,6 +194,34 @@ def _conv_taps(cfg, op: Conv2D, cin: int):
                 for kx in range(kw):
                     taps.append(Tap(n=n, src=0, k=k, ky=ky, kx=kx, tile=len(tiles)))
                     tiles.append(dense[ky, kx, k * R:(k + 1) * R, n * C:(n + 1) * C])
+    return _dedupe(cfg, taps, tiles)
+
+
+def _depthwise_taps(cfg, op: Conv2D, dense: np.ndarray, nb: int):
+    """Depthwise taps in the array's row mode: per output block (= input block) and kernel
+    row, the kernel columns of one stride phase in runs of ``dw_taps`` (one COMPUTE each,
+    ``span`` columns); a run of one column is an ordinary diagonal tap."""
+    R, T = cfg.rows, cfg.dw_taps
+    kh, kw = op.kernel
+    sx = op.stride[1]
+    taps, tiles = [], []
+    for n in range(nb):
+        blk = dense[:, :, n * R:(n + 1) * R, n * R:(n + 1) * R]
+        diag = np.einsum("yxii->yxi", blk)        # (kh, kw, R): each lane's own weight
+        for ky in range(kh):
+            for px in range(min(sx, kw)):
+                cols = list(range(px, kw, sx))
+                for j in range(0, len(cols), T):
+                    run = cols[j:j + T]
+                    tile = np.zeros((R, R), np.int64)
+                    if len(run) == 1:
+                        tile = blk[ky, run[0]]
+                    else:
+                        for o, kx in enumerate(run):
+                            tile[:, R - 1 - o] = diag[ky, kx]
+                    taps.append(Tap(n=n, src=0, k=n, ky=ky, kx=run[0], tile=len(tiles),
+                                    span=len(run)))
+                    tiles.append(tile)
     return _dedupe(cfg, taps, tiles)
 
 
@@ -426,12 +456,18 @@ def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[
     ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
     if sx == 1:
         return nr + max(t.ky // sy for t in ph), _tile_pitch(ly, nc)
-    return nr + max(t.ky // sy for t in ph), nc + max(t.kx // sx for t in ph)
+    return nr + max(t.ky // sy for t in ph), nc + max(t.reach(sx) for t in ph)
 
 
 def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
     """Slab lines per row (and accumulator lines per output row) of a tile ``nc`` wide."""
-    return nc + max(t.kx // ly.stride[1] for t in ly.taps)
+    return nc + max(t.reach(ly.stride[1]) for t in ly.taps)
+
+
+def _dw_tail(cfg, ly: SpatialSpec) -> int:
+    """Lines a depthwise row-mode COMPUTE reads after its rows (0 without such taps); the
+    scratchpad keeps that many lines spare after the last slab."""
+    return cfg.dw_taps - 1 if any(t.span > 1 for t in ly.taps) else 0
 
 
 def _splits(total: int, size: int) -> list[tuple[int, int]]:
@@ -458,18 +494,19 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     oh, ow = ly.out_hw
     sx = ly.stride[1]
     geo = _geometry(ly, nr, nc)
-    if geo.acc_lines > acc_cap or geo.slab_lines > cfg.act_depth \
+    depth = cfg.act_depth - _dw_tail(cfg, ly)
+    if geo.acc_lines > acc_cap or geo.slab_lines > depth \
             or geo.slab_lines * lb > 1 << 16:
         return None
     nt = _ceil_div(oh, nr) * _ceil_div(ow, nc)
     nb = layout.blocks(cfg, ly.n)
-    slots = cfg.act_depth // geo.slab_lines
+    slots = depth // geo.slab_lines
     keys = _slab_keys(ly)
     resident = slots >= len(keys)
     per_n = [len(_slab_keys(ly, n)) for n in range(nb)]
     n_taps = len(ly.taps)
     rows = geo.acc_lines
-    per_compute = max(rows, wtb + 3, _ceil_div(rows + R + C + 1, 2))
+    per_compute = max(rows + _dw_tail(cfg, ly), wtb + 3, _ceil_div(rows + R + C + 1, 2))
     comp = nt * n_taps * per_compute
     ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in geo.planes]
     loads_per_slab = len(ext) if sx == 1 else sum(r for r, _ in ext)
@@ -621,8 +658,9 @@ def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> Non
                 raise CompileError(f"{where}: phase plane {(py, px)} overruns the slab")
     if not (covered == 1).all():
         raise CompileError(f"{where}: output tiles do not cover the {oh}x{ow} output once")
-    if lt.act_slots * lt.slab_lines > cfg.act_depth or lt.act_slots < 1:
-        raise CompileError(f"{where}: activation slots exceed act_depth")
+    if lt.act_slots * lt.slab_lines + _dw_tail(cfg, ly) > cfg.act_depth or lt.act_slots < 1:
+        raise CompileError(f"{where}: activation slots (and the depthwise tail) exceed "
+                           f"act_depth")
     if lt.acc_buffers < 1 or lt.acc_buffers * lt.acc_lines > cfg.acc_depth:
         raise CompileError(f"{where}: accumulator buffers exceed acc_depth")
     if lt.act_resident and lt.act_slots < lt.slabs:
@@ -777,14 +815,15 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                 word = (w_slot[grp] * wg + tp.tile - grp * wg) * wtb
                 line = slab_at[key] + plane_of[(tp.ky % sy, tp.kx % sx)] \
                     + (tp.ky // sy) * pitch + tp.kx // sx
+                dw = tp.span > 1
                 op = Op.make(Opcode.COMPUTE, act_addr=line, weight_addr=word, acc_addr=acc0,
                              rows=rows, accumulate=int(j > 0),
                              act_unsigned=int(ly.act_unsigned[tp.src]), mul_m1=tp.mul - 1,
-                             acc_max=int(ly.acc_max and j > 0),
+                             acc_max=int(ly.acc_max and j > 0), depthwise=int(dw),
                              note=f"{ly.name} t{ti} n{n} {ly.srcs[tp.src]}[{tp.k}] "
-                                  f"tap {tp.ky},{tp.kx}")
+                                  f"tap {tp.ky},{tp.kx}" + (f" x{tp.span}" if dw else ""))
                 bld.computes.append((op, li))
-                bld.act_use[line:line + rows] = ci
+                bld.act_use[line:line + rows + (cfg.dw_taps - 1 if dw else 0)] = ci
                 bld.w_use[word:word + wtb] = ci
             ci = len(bld.computes) - 1
             pgrp = n // pg

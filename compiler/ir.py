@@ -111,7 +111,11 @@ class LinearSpec:
 class Tap:
     """One COMPUTE of a spatial layer's output tile: source ``src``'s channel block ``k``
     shifted by kernel position ``(ky, kx)``, through weight tile ``tile`` into output block
-    ``n``, the products scaled by ``mul`` (``1..256``)."""
+    ``n``, the products scaled by ``mul`` (``1..256``).
+
+    ``span > 1`` is a depthwise row-mode tap (COMPUTE ``depthwise``): it covers kernel
+    columns ``kx, kx + sx, .., kx + (span - 1) * sx`` of one channel per lane, tile column
+    ``cols - 1 - o`` holding column ``kx + o * sx``'s weights on its diagonal position."""
 
     n: int
     src: int
@@ -120,6 +124,11 @@ class Tap:
     kx: int
     tile: int
     mul: int = 1
+    span: int = 1
+
+    def reach(self, sx: int) -> int:
+        """The last kernel column offset (in strided pixels) the tap's window reads."""
+        return self.kx // sx + self.span - 1
 
 
 @dataclass(frozen=True, eq=False)

@@ -93,7 +93,8 @@ def accesses(cfg, opcode: Opcode, f: dict[str, int]) -> list[Access]:
     elif opcode == Opcode.COMPUTE:
         rows = f.get("rows", 0)
         a = f.get("act_addr", 0)
-        out.append(Access("act", (_span(a * R, (a + rows) * R, B),), False))
+        lines = rows + (cfg.dw_taps - 1 if f.get("depthwise", 0) else 0)
+        out.append(Access("act", (_span(a * R, (a + lines) * R, B),), False))
         w = f.get("weight_addr", 0)
         out.append(Access("weight", ((w, w + cfg.weight_tile_beats),), False))
         c = f.get("acc_addr", 0)
