@@ -419,7 +419,8 @@ def verify_spatial(g: GraphIR, ly: SpatialSpec) -> None:
         src = g.tensor(ly.srcs[tp.src])
         if not (0 <= tp.n < nb and 0 <= tp.k < layout.blocks(cfg, src.cols)
                 and 0 <= tp.ky < kh and 0 <= tp.kx < kw and 0 <= tp.tile < len(ly.tiles)
-                and 1 <= tp.mul <= 256):
+                and 1 <= tp.mul <= 256 and 1 <= tp.span <= cfg.dw_taps
+                and tp.kx + (tp.span - 1) * sx < kw):
             raise CompileError(f"{where}: tap {tp} out of range")
     if sorted({tp.n for tp in ly.taps}) != list(range(nb)):
         raise CompileError(f"{where}: every output block needs at least one tap")
@@ -659,8 +660,8 @@ def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> Non
     if not (covered == 1).all():
         raise CompileError(f"{where}: output tiles do not cover the {oh}x{ow} output once")
     if lt.act_slots * lt.slab_lines + _dw_tail(cfg, ly) > cfg.act_depth or lt.act_slots < 1:
-        raise CompileError(f"{where}: activation slots (and the depthwise tail) exceed "
-                           f"act_depth")
+        raise CompileError(f"{where}: activation slots exceed act_depth"
+                           + (" (with the depthwise tail)" if _dw_tail(cfg, ly) else ""))
     if lt.acc_buffers < 1 or lt.acc_buffers * lt.acc_lines > cfg.acc_depth:
         raise CompileError(f"{where}: accumulator buffers exceed acc_depth")
     if lt.act_resident and lt.act_slots < lt.slabs:

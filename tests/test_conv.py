@@ -152,6 +152,9 @@ CONVS = [
     ("8x8", (9, 9, 16), 16, (3, 3), (2, 2), "same", 16, 16),
     ("small", (9, 8, 6), 10, (3, 3), (1, 1), 1, 1, 17),
     ("small", (11, 7, 9), 5, (3, 3), (2, 2), "same", 1, 18),
+    ("tiny", (9, 10, 4), 4, (5, 5), (2, 2), 2, 4, 19),          # depthwise 5x5 stride 2
+    ("8x8", (7, 9, 8), 8, (3, 4), (1, 1), (1, 1, 1, 2), 8, 20),  # depthwise, runs 3 + 1
+    ("tiny-w2", (6, 11, 8), 8, (3, 3), (1, 2), 1, 8, 21),       # depthwise, stride (1, 2)
 ]
 
 
@@ -196,31 +199,39 @@ def test_stacked_convs_with_several_output_tiles():
     assert res["sim"].cycles > 0
 
 
-def test_depthwise_uses_diagonal_tiles_and_reports_utilization():
-    """A depthwise layer is one diagonal tile per (channel block, kernel position): a
-    COMPUTE does ``rows`` useful MACs per line out of ``rows * cols``."""
+def test_depthwise_uses_the_row_mode_and_reports_utilization():
+    """A 3x3 depthwise layer is one row-mode tap per (channel block, kernel row): lane i's
+    weights for kernel column o sit at tile position (i, cols - 1 - o), nowhere else."""
     cfg = PRESETS["8x8"]
     rng = np.random.default_rng(0)
     x = _image(rng, (6, 6, 16))
     g = Graph("dw", weight_bits=8)
     a = g.input("x", (6, 6, 16), calib=x)
-    g.output(g.depthwise_conv2d(a, rng.integers(-128, 128, (3, 3, 16)), padding=1))
+    w = rng.integers(-128, 128, (3, 3, 16))
+    g.output(g.depthwise_conv2d(a, w, padding=1))
     from lowbit.compiler.conv import lower
 
     graph, _ = lower(g, cfg)
     ly = graph.layers[0]
-    assert ly.kind == "dwconv" and len(ly.taps) == 2 * 9
-    for t in ly.tiles:
-        assert np.count_nonzero(t - np.diag(np.diag(t))) == 0
+    assert ly.kind == "dwconv" and len(ly.taps) == 2 * 3
+    for tp in ly.taps:
+        t = ly.tiles[tp.tile]
+        assert tp.span == 3 and tp.kx == 0
+        want = np.zeros((8, 8), np.int64)
+        for o in range(3):
+            want[:, 7 - o] = w[tp.ky, o, tp.n * 8:(tp.n + 1) * 8]
+        assert np.array_equal(t, want)
     prog, res = _execute(g, cfg, {"x": x})
+    computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE]
+    assert all(i.depthwise for i in computes)
     macs = g.macs()
     assert macs == 6 * 6 * 9 * 16
-    # useful MACs / MAC slots of the COMPUTEs: 1/cols, times the fraction of streamed
-    # lines that are output pixels (6 of every 8 but in a tile's last row)
+    # useful MACs / MAC slots: 3 * rows per line out of rows * cols (3/8), times the share
+    # of streamed lines that are output pixels (6 of every 8 but in a tile's last row)
     slots = res["sim"].counters["macs"]
-    rows = sum(i.rows for i in prog.instrs if i.opcode == Opcode.COMPUTE)
-    assert slots == rows * 64 and macs == 9 * 36 * 16
-    assert 1 / 8 * 6 / 8 < macs / slots <= 1 / 8
+    rows = sum(i.rows for i in computes)
+    assert slots == rows * 64
+    assert 3 / 8 * 6 / 8 < macs / slots <= 3 / 8
 
 
 # -- pooling, add, activations, flatten -----------------------------------------------------
@@ -397,10 +408,11 @@ def test_graph_errors():
 RTL_CASES = [
     ((5, 6, 3), 5, (3, 3), (1, 1), 1, 1),
     ((7, 6, 4), 4, (3, 3), (2, 2), "same", 4),
+    ((6, 7, 8), 8, (3, 3), (1, 1), 1, 8),
 ]
 
 
-@pytest.mark.parametrize("case", RTL_CASES, ids=["conv3x3", "dw3x3s2"])
+@pytest.mark.parametrize("case", RTL_CASES, ids=["conv3x3", "dw3x3s2", "dw3x3"])
 def test_conv_on_rtl(case):
     """A small sample on the Verilated RTL of ``tiny`` (cached build): outputs and cycles
     equal to the simulator's."""
