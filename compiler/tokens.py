@@ -98,6 +98,8 @@ def accesses(cfg, opcode: Opcode, f: dict[str, int]) -> list[Access]:
         w = f.get("weight_addr", 0)
         out.append(Access("weight", ((w, w + cfg.weight_tile_beats),), False))
         c = f.get("acc_addr", 0)
+        if f.get("reduce", 0):
+            rows = 1
         if f.get("accumulate", 0):
             out.append(Access("acc", ((c, c + rows),), False))
         out.append(Access("acc", ((c, c + rows),), True))

@@ -24,6 +24,9 @@ class ComputeUnit(wiring.Component):
       to the bank. S reads one activation line per cycle (``rows`` of them, plus
       ``dw_taps - 1`` more for a ``depthwise`` COMPUTE, whose last results need the lines
       after them; those extra lines produce no result); a SYNC occupies S for one cycle.
+      With ``reduce`` every row's result goes to ``acc_addr`` and the rows after the first
+      accumulate (sum or maximum): the accumulator port is transparent, so a row reads the
+      value the row before it writes on the same edge.
     * Results are written to the accumulator memory ``result`` cycles after each read
       (read-modify-write through a transparent port); an instruction completes, and pushes
       its tokens, on the edge its last result is written.
@@ -69,6 +72,7 @@ class ComputeUnit(wiring.Component):
         p_mul = Signal(8)
         p_uns = Signal()
         p_dw = Signal()
+        p_red = Signal()
         p_push_prev = Signal()
         p_push_next = Signal()
         p_rd_ptr = Signal(16)
@@ -94,6 +98,7 @@ class ComputeUnit(wiring.Component):
                 p_max.eq(field(ins, F, "acc_max")), p_mul.eq(field(ins, F, "mul_m1")),
                 p_uns.eq(field(ins, F, "act_unsigned")),
                 p_dw.eq(field(ins, F, "depthwise")),
+                p_red.eq(field(ins, F, "reduce")),
                 p_push_prev.eq(field(ins, F, "push_prev")),
                 p_push_next.eq(field(ins, F, "push_next")),
                 p_rd_ptr.eq(field(ins, F, "weight_addr")),
@@ -121,6 +126,8 @@ class ComputeUnit(wiring.Component):
         s_mul = Signal(8)
         s_uns = Signal()
         s_dw = Signal()
+        s_red = Signal()           # reduce: every row into s_acc, later rows accumulate
+        s_first = Signal()         # the next row is the instruction's first
         s_tail = Signal(range(tail + 1))   # trailing lines of a depthwise COMPUTE
         s_sync = Signal()
         s_push_prev = Signal()
@@ -146,7 +153,9 @@ class ComputeUnit(wiring.Component):
         last_result = Signal()     # the line whose result completes the instruction
         m.d.comb += last_result.eq(issuing & (s_left == s_tail + 1))
         with m.If(issuing):
-            m.d.sync += [s_left.eq(s_left - 1), s_act.eq(s_act + 1), s_acc.eq(s_acc + 1)]
+            m.d.sync += [s_left.eq(s_left - 1), s_act.eq(s_act + 1), s_first.eq(0)]
+            with m.If(~s_red):
+                m.d.sync += s_acc.eq(s_acc + 1)
             with m.If(last & ~s_sync):
                 m.d.sync += bank_wait[bank].eq(tm["bank_wait"])
         with m.If(handoff):
@@ -154,6 +163,7 @@ class ComputeUnit(wiring.Component):
                 p_valid.eq(0),
                 s_left.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, tail, 0))),
                 s_tail.eq(Mux(p_sync | ~p_dw, 0, tail)), s_dw.eq(p_dw & ~p_sync),
+                s_red.eq(p_red), s_first.eq(1),
                 s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
                 s_max.eq(p_max), s_mul.eq(p_mul),
                 s_sync.eq(p_sync),
@@ -192,7 +202,7 @@ class ComputeUnit(wiring.Component):
         m.d.comb += [
             stages[0]["valid"].eq(result),
             stages[0]["addr"].eq(s_acc),
-            stages[0]["accum"].eq(s_accum),
+            stages[0]["accum"].eq(s_accum | (s_red & ~s_first)),
             stages[0]["max"].eq(s_max),
             stages[0]["mul"].eq(s_mul),
             stages[0]["pprev"].eq(last_result & s_push_prev),

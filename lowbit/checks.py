@@ -60,8 +60,9 @@ def check_program(prog) -> None:
             if ins.act_addr + lines > cfg.act_depth:
                 bad(f"reads activation lines up to {ins.act_addr + lines - 1}, "
                     f"act_depth is {cfg.act_depth}")
-            if ins.acc_addr + ins.rows > cfg.acc_depth:
-                bad(f"writes accumulator lines up to {ins.acc_addr + ins.rows - 1}, "
+            written = 1 if ins.reduce else ins.rows
+            if ins.acc_addr + written > cfg.acc_depth:
+                bad(f"writes accumulator lines up to {ins.acc_addr + written - 1}, "
                     f"acc_depth is {cfg.acc_depth}")
             if ins.weight_addr + cfg.weight_tile_beats > cfg.weight_words:
                 bad(f"weight tile at word {ins.weight_addr} overruns the "

@@ -103,6 +103,7 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("mul_m1", 8),         # results are multiplied by mul_m1 + 1 (1..256) before use
         ("acc_max", 1),        # with accumulate: keep the maximum instead of the sum
         ("depthwise", 1),      # row mode: lane i sums its own channel over dw_taps lines
+        ("reduce", 1),         # every row into acc_addr; rows after the first accumulate
     ),
     Opcode.STORE: (
         ("acc_addr", 16),      # first accumulator line

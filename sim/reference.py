@@ -106,13 +106,22 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
                 r = (a @ w).astype(np.int64)
             if ins.mul_m1:
                 r = layout.wrap(r * (ins.mul_m1 + 1), cfg.acc_bits)
-            if ins.accumulate:
-                old = acc[c0:c0 + rows]
-                if ins.acc_max:
-                    r = np.maximum(layout.wrap(r, cfg.acc_bits), old)
-                else:
-                    r += old
-            acc[c0:c0 + rows] = r if wide else layout.wrap(r, cfg.acc_bits)
+            if ins.reduce:
+                # every row into line c0; the rows after the first accumulate (sum or max)
+                r = layout.wrap(r, cfg.acc_bits)
+                v = r.max(axis=0) if ins.acc_max else r.sum(axis=0)
+                if ins.accumulate:
+                    old = acc[c0].astype(np.int64)
+                    v = np.maximum(v, old) if ins.acc_max else v + old
+                acc[c0] = layout.wrap(v, cfg.acc_bits)
+            else:
+                if ins.accumulate:
+                    old = acc[c0:c0 + rows]
+                    if ins.acc_max:
+                        r = np.maximum(layout.wrap(r, cfg.acc_bits), old)
+                    else:
+                        r += old
+                acc[c0:c0 + rows] = r if wide else layout.wrap(r, cfg.acc_bits)
             counters["macs"] += rows * R * C
         elif op == Opcode.STORE:
             rows, c0, p = ins.rows, ins.acc_addr, ins.param_addr

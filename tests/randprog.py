@@ -42,11 +42,13 @@ def random_program(cfg, seed: int, *, length: int = 24) -> Program:
         elif kind == "compute":
             rows = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
             dw = int(rng.random() < 0.3)
+            red = int(rng.random() < 0.2)
             lines = rows + (cfg.dw_taps - 1) * dw
             instrs.append(isa.make(
                 Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - lines + 1)),
                 weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),
-                acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
+                acc_addr=int(rng.integers(0, cfg.acc_depth - (1 if red else rows) + 1)),
+                rows=rows, reduce=red,
                 accumulate=int(rng.integers(0, 2)), act_unsigned=int(rng.integers(0, 2)),
                 mul_m1=int(rng.integers(0, 256)), acc_max=int(rng.integers(0, 2)),
                 depthwise=dw,

@@ -1,6 +1,6 @@
-"""COMPUTE's scaled accumulation (``mul_m1``), max accumulation (``acc_max``) and depthwise
-row mode (``depthwise``): the RTL equals the reference interpreter and an independent numpy
-model, and the simulator's cycles equal the RTL's."""
+"""COMPUTE's scaled accumulation (``mul_m1``), max accumulation (``acc_max``), depthwise
+row mode (``depthwise``) and row reduction (``reduce``): the RTL equals the reference
+interpreter and an independent numpy model, and the simulator's cycles equal the RTL's."""
 
 import numpy as np
 import pytest
@@ -93,3 +93,48 @@ def test_depthwise_row_mode(name, seed):
     mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=4)
     assert np.array_equal(prog.read_outputs(mem)["y"], want)
     assert simulate_timing(prog, mem_latency=4)[0] == rtl["cycles"]
+
+
+@pytest.mark.parametrize("name,seed", [("tiny", 3), ("8x8", 4)])
+def test_reduce_sums_or_maxes_every_row_into_one_line(name, seed):
+    """``reduce`` COMPUTEs (one sum, one max over rows, each continued by a second reduce
+    that accumulates) land in one accumulator line each; back to back they exercise the
+    same-address read-modify-write on consecutive edges."""
+    cfg = PRESETS[name]
+    R = cfg.rows
+    rng = np.random.default_rng(seed)
+    m = 9
+    acts = rng.integers(-128, 128, (2 * m, R))
+    tile = rng.integers(-(1 << (cfg.weight_bits - 1)), 1 << (cfg.weight_bits - 1), (R, R))
+    w_addr, p_addr, a_addr, y_addr = 0x1000, 0x2000, 0x3000, 0x4000
+    segments = [(w_addr, layout.pack_weight_tile(cfg, tile)),
+                (p_addr, layout.pack_params(np.zeros(R), np.ones(R), np.full(R, 6))),
+                (a_addr, layout.pack_act(cfg, acts))]
+    lines_per_store = max(1, cfg.bus_bits // cfg.out_line_bits)
+    instrs = [
+        isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
+                 row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
+        isa.make(Opcode.LOAD, target=LoadTarget.PARAM, rows=1,
+                 row_beats=cfg.param_line_bits // cfg.bus_bits, dram_addr=p_addr),
+        isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1,
+                 row_beats=2 * m * R * 8 // cfg.bus_bits, dram_addr=a_addr, push_next=1),
+        isa.make(Opcode.COMPUTE, act_addr=0, rows=m, acc_addr=0, reduce=1, mul_m1=2,
+                 pop_prev=1),
+        isa.make(Opcode.COMPUTE, act_addr=m, rows=m, acc_addr=0, reduce=1, accumulate=1),
+        isa.make(Opcode.COMPUTE, act_addr=3, rows=m, acc_addr=1, reduce=1, acc_max=1),
+        isa.make(Opcode.COMPUTE, act_addr=1, rows=1, acc_addr=1, reduce=1, acc_max=1,
+                 accumulate=1, push_next=1),
+        isa.make(Opcode.STORE, rows=lines_per_store * 2, out_bits=8, dram_addr=y_addr,
+                 pop_prev=1),
+        isa.make(Opcode.END)]
+    prog = Program(config=cfg, instrs=instrs, segments=segments, inputs=[],
+                   outputs=[TensorRef(name="y", addr=y_addr, rows=2, cols=R)])
+    r = acts @ tile
+    total = (r[:m] * 3).sum(0) + r[m:].sum(0)
+    peak = np.maximum(r[3:3 + m].max(0), r[1])
+    want = layout.requantize(np.stack([total, peak]), 0, 1, 6, relu=False, out_bits=8,
+                             out_unsigned=False)
+    assert np.array_equal(run_reference(prog, {}).outputs["y"], want)
+    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=3)
+    assert np.array_equal(prog.read_outputs(mem)["y"], want)
+    assert simulate_timing(prog, mem_latency=3)[0] == rtl["cycles"]
