@@ -538,14 +538,17 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
                            buffers=buffers, spt=spt, slabs=len(keys))
 
 
-def _global_pool_pixels(cfg, ly: SpatialSpec) -> list[tuple[int, int]] | None:
-    """The window positions of a pooling layer with a 1x1 output over several channel
-    blocks, whose every block uses the same tile and scale at every position (it can be
-    scheduled pixel-major); else None."""
+def _global_window(cfg, ly: SpatialSpec) -> tuple[int, int] | None:
+    """The window ``(kh, kw)`` of a pooling layer with a 1x1 output whose every block uses
+    the same tile and scale at every position, when one image row of it fits half the
+    activation scratchpad (it is then scheduled as row reductions); else None."""
     nb = layout.blocks(cfg, ly.n)
-    if ly.kind not in ("avgpool", "maxpool") or ly.out_hw != (1, 1) or nb < 2:
+    if ly.kind not in ("avgpool", "maxpool") or ly.out_hw != (1, 1):
         return None
+    kh, kw = ly.kernel
     first = ly.taps_of(0)
+    if len(first) != kh * kw or kw > cfg.act_depth // 2 or nb > cfg.acc_depth // 2:
+        return None
     for n in range(nb):
         taps = ly.taps_of(n)
         if len(taps) != len(first) or any(
@@ -553,7 +556,7 @@ def _global_pool_pixels(cfg, ly: SpatialSpec) -> list[tuple[int, int]] | None:
                                                             first[0].mul)
                 for t, f in zip(taps, first, strict=True)):
             return None
-    return [(t.ky, t.kx) for t in first]
+    return kh, kw
 
 
 def _uniform_store(g: GraphIR, ly: SpatialSpec) -> bool:
@@ -565,34 +568,33 @@ def _uniform_store(g: GraphIR, ly: SpatialSpec) -> bool:
         np.all(v == v[0]) for v in (ly.bias, ly.mult, ly.shift))
 
 
-def _plan_pixel_major(cfg, g, ly, index, pixels, *, weight_group, param_group,
-                      param_slots) -> SpatialTiling:
+def _plan_reduce(cfg, g, ly, index, window, *, param_group, param_slots) -> SpatialTiling:
     R, C = cfg.rows, cfg.cols
     lb = cfg.act_line_bits // cfg.bus_bits
     nb = layout.blocks(cfg, ly.n)
-    chunk = max(1, min(len(pixels), cfg.act_depth // (2 * nb)))
-    slab = chunk * nb
-    per_compute = max(nb, cfg.weight_tile_beats + 3, _ceil_div(nb + R + C + 1, 2))
-    cost = max(len(pixels) * per_compute, len(pixels) * (_XFER + nb * lb)) \
-        + 2 * _XFER + R + C
+    kh, kw = window
+    chunk = max(1, min(kh, cfg.act_depth // (2 * kw)))
+    slab = chunk * kw
+    chunks = nb * _ceil_div(kh, chunk)
+    per_compute = max(slab, cfg.weight_tile_beats + 3)
+    cost = max(chunks * per_compute, chunks * (_XFER + slab * lb)) + 2 * _XFER + R + C
     return SpatialTiling(
-        layer=index, out_tiles=((0, 1, 0, 1),), pitch=1, planes=((0, 0, 0),),
+        layer=index, out_tiles=((0, 1, 0, 1),), pitch=kw, planes=((0, 0, 0),),
         slab_lines=slab, slabs=nb, act_slots=cfg.act_depth // slab, act_resident=True,
         weight_resident=True, param_resident=nb <= param_group * param_slots,
         acc_buffers=min(2, cfg.acc_depth // nb), acc_lines=nb, est_cycles=int(cost),
-        n_computes=len(pixels), n_stores=1 if _uniform_store(g, ly) else nb,
-        pixel_major=chunk)
+        n_computes=chunks, n_stores=1 if _uniform_store(g, ly) else nb,
+        reduce_rows=chunk)
 
 
 def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
                  weight_group: int, weight_slots: int, param_group: int,
                  param_slots: int) -> SpatialTiling:
     """Choose the output tiles of a spatial layer (see the module docstring)."""
-    pixels = _global_pool_pixels(cfg, ly)
-    if pixels is not None and layout.blocks(cfg, ly.n) <= min(cfg.act_depth,
-                                                              cfg.acc_depth // 2):
-        return _plan_pixel_major(cfg, g, ly, index, pixels, weight_group=weight_group,
-                                 param_group=param_group, param_slots=param_slots)
+    window = _global_window(cfg, ly)
+    if window is not None:
+        return _plan_reduce(cfg, g, ly, index, window, param_group=param_group,
+                            param_slots=param_slots)
     oh, ow = ly.out_hw
     acc_cap = cfg.acc_depth // 2
     ring = weight_group * weight_slots
@@ -633,14 +635,14 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
 def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> None:
     cfg = t.config
     where = f"layer {lt.layer}"
-    if lt.pixel_major:
-        pixels = _global_pool_pixels(cfg, ly)
+    if lt.reduce_rows:
+        window = _global_window(cfg, ly)
         nb = layout.blocks(cfg, ly.n)
-        if pixels is None or lt.n_computes != len(pixels) or lt.acc_lines != nb \
-                or lt.slab_lines != lt.pixel_major * nb \
+        if window is None or lt.n_computes != nb * _ceil_div(window[0], lt.reduce_rows) \
+                or lt.acc_lines != nb or lt.slab_lines != lt.reduce_rows * window[1] \
                 or lt.act_slots * lt.slab_lines > cfg.act_depth \
                 or lt.acc_buffers * lt.acc_lines > cfg.acc_depth or lt.acc_buffers < 1:
-            raise CompileError(f"{where}: inconsistent pixel-major tiling")
+            raise CompileError(f"{where}: inconsistent row-reduction tiling")
         return
     oh, ow = ly.out_hw
     covered = np.zeros((oh, ow), np.int64)
@@ -787,9 +789,9 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     if lt.param_resident:
         for grp in range(p_groups):
             load_params(grp, first)
-    if lt.pixel_major:
-        _pixel_major(t, bld, ly, lt, tile_no, state, load_weights, load_params, w_slot,
-                     p_slot, ahead)
+    if lt.reduce_rows:
+        _reduce(t, bld, ly, lt, tile_no, state, load_weights, load_params, w_slot, p_slot,
+                ahead)
         return
     for ti, tile in enumerate(lt.out_tiles):
         tile_first.append(len(bld.computes))
@@ -847,11 +849,11 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     bld.state = (state["wpos"], state["ppos"], tile_no)
 
 
-def _pixel_major(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling, tile_no,
-                 state, load_weights, load_params, w_slot, p_slot, ahead) -> None:
-    """Global pooling: per input pixel one LOAD gathers its channel blocks (2-D: ``rows``
-    = blocks, ``stride`` = one block plane) and one COMPUTE streams them, accumulator line
-    ``n`` collecting block ``n``."""
+def _reduce(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling, tile_no,
+            state, load_weights, load_params, w_slot, p_slot, ahead) -> None:
+    """Global pooling as row reductions: per channel block and chunk of window rows, one
+    2-D LOAD of the window's pixels and one COMPUTE with ``reduce`` summing (or taking the
+    maximum of) all of them into accumulator line ``n``."""
     cfg, g = t.config, t.graph
     R, C = cfg.rows, cfg.cols
     lb = cfg.act_line_bits // cfg.bus_bits
@@ -862,34 +864,35 @@ def _pixel_major(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling, 
     nb = layout.blocks(cfg, ly.n)
     oy, ox = ly.origins[0]
     wb = src.buf_hw[1]
+    kh, kw = ly.kernel
     tap0 = ly.taps_of(0)[0]
     acc0 = (tile_no % lt.acc_buffers) * lt.acc_lines
-    chunk = lt.pixel_major
-    line0 = blocker = 0
-    for j, (ky, kx) in enumerate(_global_pool_pixels(cfg, ly)):
-        ci = len(bld.computes)
-        if j % chunk == 0:
+    for n in range(nb):
+        for c, (y0, cr) in enumerate(_splits(kh, lt.reduce_rows)):
+            ci = len(bld.computes)
             line0 = (state["apos"] % lt.act_slots) * lt.slab_lines
             state["apos"] += 1
             blocker = int(bld.act_use[line0:line0 + lt.slab_lines].max())
-        sline = (oy + ky) * wb + ox + kx
-        sb = int(written[:, sline].max())
-        sp = line0 + (j % chunk) * nb
-        op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=sp * lb, rows=nb,
-                     row_beats=lb, dram_addr=sline * R, stride=mp * R, region=src.name,
-                     note=f"{ly.name} pixel {ky},{kx}")
-        bld.add_load(op, ci, 1, max(blocker, sb), sb, early=ahead(ci, nb * lb, 1, nb))
-        grp = tap0.tile // wg
-        if grp not in w_slot:
-            load_weights(grp, ci, nb)
-        word = (w_slot[grp] * wg + tap0.tile - grp * wg) * wtb
-        op = Op.make(Opcode.COMPUTE, act_addr=sp, weight_addr=word, acc_addr=acc0, rows=nb,
-                     accumulate=int(j > 0), act_unsigned=int(ly.act_unsigned[0]),
-                     mul_m1=tap0.mul - 1, acc_max=int(ly.acc_max and j > 0),
-                     note=f"{ly.name} pixel {ky},{kx}")
-        bld.computes.append((op, lt.layer))
-        bld.act_use[sp:sp + nb] = ci
-        bld.w_use[word:word + wtb] = ci
+            sline = (oy + y0) * wb + ox
+            lines = sline + wb * np.arange(cr)[:, None] + np.arange(kw)[None, :]
+            sb = int(written[n, lines.reshape(-1)].max())
+            op = Op.make(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=line0 * lb, rows=cr,
+                         row_beats=kw * lb, dram_addr=(n * mp + sline) * R, stride=wb * R,
+                         region=src.name, note=f"{ly.name} block {n} rows {y0}..{y0 + cr - 1}")
+            bld.add_load(op, ci, 1, max(blocker, sb), sb,
+                         early=ahead(ci, cr * kw * lb, 1, cr * kw))
+            grp = tap0.tile // wg
+            if grp not in w_slot:
+                load_weights(grp, ci, cr * kw)
+            word = (w_slot[grp] * wg + tap0.tile - grp * wg) * wtb
+            op = Op.make(Opcode.COMPUTE, act_addr=line0, weight_addr=word, acc_addr=acc0 + n,
+                         rows=cr * kw, reduce=1, accumulate=int(c > 0),
+                         act_unsigned=int(ly.act_unsigned[0]), mul_m1=tap0.mul - 1,
+                         acc_max=int(ly.acc_max),
+                         note=f"{ly.name} block {n} rows {y0}..{y0 + cr - 1}")
+            bld.computes.append((op, lt.layer))
+            bld.act_use[line0:line0 + cr * kw] = ci
+            bld.w_use[word:word + wtb] = ci
     ci = len(bld.computes) - 1
     line = dst.line(0, 0)
     blocks = [(0, nb)] if _uniform_store(g, ly) else [(n, 1) for n in range(nb)]

@@ -281,10 +281,10 @@ class SpatialTiling:
     loaded while all its output blocks are computed (otherwise slabs are loaded again for
     every output block).
 
-    ``pixel_major`` (a pooling layer with a 1x1 output, several channel blocks): instead,
-    each input pixel's channel blocks are gathered by one LOAD into consecutive lines
-    (``pixel_major`` pixels per slab), and one COMPUTE per pixel covers every block,
-    accumulator line ``n`` holding output block ``n``.
+    ``reduce_rows`` (a pooling layer with a 1x1 output): instead, per channel block, each
+    chunk of ``reduce_rows`` window rows is one 2-D LOAD into ``reduce_rows * pitch``
+    consecutive lines and one COMPUTE with ``reduce``, accumulator line ``n`` collecting
+    the sum (or maximum) of block ``n``.
     """
 
     layer: int
@@ -302,12 +302,12 @@ class SpatialTiling:
     est_cycles: int
     n_computes: int
     n_stores: int
-    pixel_major: int = 0
+    reduce_rows: int = 0
 
     def dump(self) -> str:
-        if self.pixel_major:
-            return (f"  layer {self.layer}: pixel-major, {self.pixel_major} pixels x "
-                    f"{self.slabs} blocks per slab, act slots={self.act_slots}; acc "
+        if self.reduce_rows:
+            return (f"  layer {self.layer}: row reduction, {self.reduce_rows} rows x "
+                    f"{self.pitch} pixels per slab, act slots={self.act_slots}; acc "
                     f"{self.acc_buffers} x {self.acc_lines} lines; {self.n_computes} "
                     f"computes, {self.n_stores} stores; est {self.est_cycles} cycles")
         y0, rows, x0, cols = self.out_tiles[0]

@@ -257,27 +257,31 @@ def test_pooling(name, signed):
     assert maxes and all(i.accumulate for i in maxes)
 
 
-@pytest.mark.parametrize("channels", [24, 20])
-def test_global_pooling_is_pixel_major(channels):
-    """A 1x1-output pooling over several blocks: one LOAD (rows = blocks, stride = one
-    block plane) and one COMPUTE (rows = blocks) per pixel; one STORE for all blocks when
-    they are full and share their requantization."""
-    cfg = PRESETS["8x8"]
+@pytest.mark.parametrize("channels,config", [(24, "8x8"), (20, "8x8"), (6, "small")])
+def test_global_pooling_is_a_row_reduction(channels, config):
+    """A 1x1-output pooling: per channel block one 2-D LOAD of the window (rows = window
+    rows, stride = the padded image row) and one ``reduce`` COMPUTE over its pixels (in
+    chunks of rows when the window does not fit the scratchpad); one STORE for all blocks
+    when they are full and share their requantization."""
+    cfg = CONFIGS[config] if config in CONFIGS else PRESETS[config]
     rng = np.random.default_rng(channels)
     x = _image(rng, (5, 7, channels), signed=False)
-    g = Graph("gap", weight_bits=8)
+    g = Graph("gap", weight_bits=cfg.weight_bits)
     a = g.input("x", (5, 7, channels), signed=False, calib=x)
-    h = g.conv2d(a, rng.integers(-128, 128, (3, 3, channels, channels)), padding=1,
+    top = 1 << (cfg.weight_bits - 1)
+    h = g.conv2d(a, rng.integers(-top, top, (3, 3, channels, channels)), padding=1,
                  act="relu")
     g.output(g.global_avg_pool(h), g.max_pool2d(h, (5, 7)))
     prog, _ = _execute(g, cfg, {"x": _image(rng, (5, 7, channels), signed=False)})
-    nb = -(-channels // 8)
-    gathers = [i for i in prog.instrs if i.opcode == Opcode.LOAD and i.rows == nb
-               and i.stride == 5 * 7 * 8 and i.row_beats == 1]
-    computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE and i.rows == nb]
-    assert len(gathers) == len(computes) == 2 * 35
+    R = cfg.rows
+    nb = -(-channels // R)
+    reduces = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE and i.reduce]
+    chunk = max(1, min(5, cfg.act_depth // 14))
+    assert len(reduces) == 2 * nb * -(-5 // chunk)
+    assert sum(i.rows for i in reduces) == 2 * nb * 35
+    assert {i.acc_max for i in reduces} == {0, 1}
     stores = [i for i in prog.instrs if i.opcode == Opcode.STORE and i.rows <= nb]
-    assert len(stores) == (2 if channels % 8 == 0 else 2 * nb)
+    assert len(stores) == (2 if channels % R == 0 else 2 * nb)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-w2", "8x8"])
@@ -431,7 +435,8 @@ def test_conv_on_rtl(case):
 
 def test_pool_add_linear_on_rtl():
     """ISA v2 on the RTL: scaled identity taps (``mul_m1``) of a residual add, ``acc_max``
-    of max pooling, average pooling, flatten and a linear layer."""
+    of max pooling, average pooling, the global pooling's row reduction, flatten and a
+    linear layer."""
     rng = np.random.default_rng(21)
     x = _image(rng, (6, 5, 4))
     g = Graph("rtl2", weight_bits=4)
@@ -444,6 +449,7 @@ def test_pool_add_linear_on_rtl():
     prog, res = _execute(g, TINY, {"x": _image(rng, (6, 5, 4))},
                          backends=("reference", "sim", "rtl"))
     assert any(i.opcode == Opcode.COMPUTE and i.mul_m1 for i in prog.instrs)
+    assert any(i.opcode == Opcode.COMPUTE and i.reduce for i in prog.instrs)
     assert res["rtl"].cycles == res["sim"].cycles
 
 
