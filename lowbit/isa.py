@@ -201,25 +201,29 @@ class Instr:
         return f"{self.opcode.name}({body})"
 
 
+_RANK = {op: {name: i for i, name in enumerate(offs)} for op, offs in _OFFSETS.items()}
+
+
 def make(opcode: Opcode, **fields) -> Instr:
     """An instruction with checked field values (each must fit its width)."""
-    opcode = Opcode(opcode)
+    if type(opcode) is not Opcode:
+        opcode = Opcode(opcode)
     offsets = _OFFSETS[opcode]
     items = []
     for name, value in fields.items():
         if name == "opcode":
             continue
-        if name not in offsets:
+        where = offsets.get(name)
+        if where is None:
             raise IsaError(f"{opcode.name} has no field {name!r}; its fields are "
                            f"{', '.join(n for n in offsets if n != 'opcode')}")
-        width = offsets[name][1]
         value = int(value)
-        if not 0 <= value < (1 << width):
-            raise IsaError(f"{opcode.name}.{name} must be from 0 to {(1 << width) - 1}, "
+        if not 0 <= value < (1 << where[1]):
+            raise IsaError(f"{opcode.name}.{name} must be from 0 to {(1 << where[1]) - 1}, "
                            f"not {value}")
         items.append((name, value))
-    order = list(offsets)
-    items.sort(key=lambda kv: order.index(kv[0]))
+    rank = _RANK[opcode]
+    items.sort(key=lambda kv: rank[kv[0]])
     return Instr(opcode, tuple(items))
 
 
