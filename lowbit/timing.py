@@ -3,7 +3,7 @@
 Kept free of Amaranth imports so the simulator starts fast.
 """
 
-__all__ = ["compute_timing"]
+__all__ = ["LOAD_OUTSTANDING", "compute_timing"]
 
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
@@ -19,3 +19,10 @@ def compute_timing(cfg) -> dict:
     latency = cfg.rows + cfg.cols - 1          # SystolicArray.latency
     return {"feed": FEED, "result": FEED + latency + SCALE,
             "bank_wait": FEED + cfg.rows + cfg.cols - 2}
+
+
+#: LOADs the load unit keeps in flight: it starts the next LOAD's address phase while the
+#: data of up to this many LOADs (the current one included) is still outstanding. Each
+#: in-flight LOAD holds one entry of the load unit's descriptor FIFO (target, scratchpad
+#: address, shape, token) from its start edge to the edge of its last R beat.
+LOAD_OUTSTANDING = 8

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from lowbit.executors import RunResult
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program, ProgramError
-from lowbit.timing import compute_timing
+from lowbit.timing import LOAD_OUTSTANDING, compute_timing
 
 from .reference import run_reference
 
@@ -66,6 +66,35 @@ class Timing:
 
     def fetch_beats(self, n: int) -> int:
         return -(-n * self.instr_beats_num // self.instr_beats_den)
+
+
+def _burst_counter(cfg):
+    """``bursts(ins)``: the number of ARs a LOAD issues (rows split into bursts of at most
+    ``max_burst`` beats that never cross a 4 KiB boundary), memoised per shape."""
+    B, MB = cfg.beat_bytes, cfg.max_burst
+    per_4k = 4096 // B
+    cache: dict[tuple[int, int, int, int], int] = {}
+
+    def row_bursts(addr: int, beats: int) -> int:
+        first = min(beats, (4096 - addr % 4096) // B)
+        n = -(-first // MB)
+        beats -= first
+        while beats:                      # whole 4 KiB pages, then the rest
+            chunk = min(beats, per_4k)
+            n += -(-chunk // MB)
+            beats -= chunk
+        return n
+
+    def bursts(ins) -> int:
+        key = (ins.dram_addr % 4096, ins.stride % 4096, ins.rows, ins.row_beats)
+        n = cache.get(key)
+        if n is None:
+            a0, st = key[0], key[1]
+            n = sum(row_bursts((a0 + r * st) % 4096, ins.row_beats) for r in range(ins.rows))
+            cache[key] = n
+        return n
+
+    return bursts
 
 
 class _Tokens:
@@ -106,6 +135,9 @@ def simulate_timing(program: Program, *, mem_latency: int,
     s_free = 0                  # compute S stage accepts a hand-off at this edge or later
     last_rows: list[int] = []   # last-row edges of COMPUTE tiles, in order
     load_idle = compute_idle = store_idle = 0
+    load_r_end = -1             # edge of the last R beat of the latest LOAD
+    load_ends: list[int] = []   # completion edges of the LOADs, in order
+    load_bursts = _burst_counter(cfg)
     n = len(program.instrs)
     group_end = -1
     next_attempt = 0
@@ -132,22 +164,29 @@ def simulate_timing(program: Program, *, mem_latency: int,
         if i == group_end:
             fetch_start = d
         if unit == Unit.LOAD:
+            load = ins.opcode == Opcode.LOAD
             ready = max(d + 1, load_free)
+            if not load:                            # a SYNC waits for every LOAD in flight
+                ready = max(ready, load_r_end + 1)
+            elif len(load_ends) >= LOAD_OUTSTANDING:   # a free descriptor FIFO entry
+                ready = max(ready, load_ends[-LOAD_OUTSTANDING] + 1)
             start = ready
             if ins.pop_next:
                 start = max(start, tok["compute->load"].take_edge(i))
             counters["load_wait"] += start - ready
-            if ins.opcode == Opcode.LOAD:
+            if load:
                 beats = ins.rows * ins.row_beats
-                end = start + L + beats + 1
-                load_free = end + 1
+                end = max(start + L + beats + 1, load_r_end + beats)
+                load_r_end = end
+                load_ends.append(end)
+                load_free = start + load_bursts(ins)
                 counters["dram_read_bytes"] += beats * cfg.beat_bytes
             else:
                 end = start + 1
                 load_free = start + 2
             busy = (start, end)
-            counters["load_busy"] += load_free - start
-            load_idle = load_free
+            counters["load_busy"] += max(end + 1, load_idle) - max(start, load_idle)
+            load_idle = max(load_idle, end + 1)
             if ins.push_next:
                 tok["load->compute"].gives.append(end)
         elif unit == Unit.COMPUTE:
