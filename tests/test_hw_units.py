@@ -11,6 +11,7 @@ from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit
 from lowbit.hw.pe import PE, SystolicArray
+from lowbit.timing import LOAD_OUTSTANDING
 
 from amaranth_top import _Port
 
@@ -186,8 +187,11 @@ def test_decoder_fields_match_isa():
 
 
 def test_load_unit_dma_bursts_and_writes():
-    """LOAD rows split into legal bursts; beats land at consecutive target addresses; the
-    unit completes L + beats + 1 edges after it starts."""
+    """LOAD rows split into legal bursts; beats land at consecutive target addresses of the
+    right target while later LOADs' ARs are already out; per-beat model of the timing: the
+    next LOAD starts on the edge of the previous LOAD's last AR (at most LOAD_OUTSTANDING in
+    flight), ARs one per edge from start + 2, beats in order one per edge no earlier than
+    AR + L + k, each LOAD completes on its last beat."""
     cfg = AccelConfig(rows=4, cols=4, bus_bits=64, max_burst=5, act_depth=1024,
                       weight_tiles=4, acc_depth=64, param_depth=8, mem_bytes=1 << 20)
     dut = LoadUnit(cfg)
@@ -198,6 +202,9 @@ def test_load_unit_dma_bursts_and_writes():
     loads = [dict(target=1, sp_addr=3, rows=3, row_beats=9, dram_addr=4096 - 3 * 8, stride=8 * 40),
              dict(target=0, sp_addr=0, rows=1, row_beats=17, dram_addr=8192 - 8, stride=0),
              dict(target=2, sp_addr=5, rows=2, row_beats=1, dram_addr=64, stride=4096)]
+    # Back-to-back small LOADs to all targets: more than LOAD_OUTSTANDING in flight.
+    loads += [dict(target=k % 3, sp_addr=40 + 2 * k, rows=1 + k % 2, row_beats=1,
+                   dram_addr=4096 * 3 - 8 * k, stride=8 * (k + 1)) for k in range(12)]
     writes, ars, done_edges, starts = [], [], [], []
 
     async def tb(ctx):
@@ -213,7 +220,7 @@ def test_load_unit_dma_bursts_and_writes():
                 ctx.set(dut.instr.valid, 0)
             port.drive(ctx, e)
             if ctx.get(dut.axi.arvalid):
-                ars.append((ctx.get(dut.axi.araddr), ctx.get(dut.axi.arlen) + 1))
+                ars.append((ctx.get(dut.axi.araddr), ctx.get(dut.axi.arlen) + 1, e))
             port.edge(ctx, e)
             if queue and ctx.get(dut.instr.ready):
                 queue.pop(0)
@@ -239,8 +246,30 @@ def test_load_unit_dma_bursts_and_writes():
                                                                         "little")))
                 sp += 1
     assert writes == expect_writes
-    for addr, n in ars:
+    for addr, n, _ in ars:
         assert 1 <= n <= cfg.max_burst
         assert addr // 4096 == (addr + n * B - 1) // 4096, "burst crosses 4 KiB"
-    for ld, s, d in zip(loads, starts, done_edges, strict=True):
-        assert d == s + lat + ld["rows"] * ld["row_beats"] + 1
+    # Independent per-burst/per-beat model of the schedule.
+    e_start, e_ar, e_done, r_edge = [], [], [], -1
+    bursts = []
+    for i, ld in enumerate(loads):
+        s = 0 if i == 0 else e_ar[-1] - 1
+        if i >= LOAD_OUTSTANDING:
+            s = max(s, e_done[i - LOAD_OUTSTANDING] + 1)
+        e_start.append(s)
+        ar = s + 2
+        for r in range(ld["rows"]):
+            addr, left = ld["dram_addr"] + r * ld["stride"], ld["row_beats"]
+            while left:
+                n = min(left, cfg.max_burst, (4096 - addr % 4096) // B)
+                bursts.append((addr, n, ar))
+                e_ar.append(ar)
+                for j in range(n):
+                    r_edge = max(ar + lat + j, r_edge + 1)
+                addr, left, ar = addr + n * B, left - n, ar + 1
+        e_done.append(r_edge)
+    assert ars == bursts
+    assert starts == e_start
+    assert done_edges == e_done
+    assert any(s < d for s, d in zip(starts[1:], done_edges, strict=False))  # overlap
+    assert any(s > d for s, d in zip(starts[LOAD_OUTSTANDING:], done_edges, strict=False))
