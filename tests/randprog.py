@@ -8,7 +8,9 @@ from lowbit.isa import LoadTarget, Opcode, Unit
 from lowbit.program import Program
 
 
-def random_program(cfg, seed: int, *, length: int = 24) -> Program:
+def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False) -> Program:
+    """With ``load_runs``, some items are runs of 2 to 12 back-to-back small LOADs to
+    rotating targets, with tokens, so several LOADs are in flight at once."""
     rng = np.random.default_rng(seed)
     B = cfg.beat_bytes
     counts = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
@@ -26,9 +28,26 @@ def random_program(cfg, seed: int, *, length: int = 24) -> Program:
             return 1
         return 0
 
+    def load(target, rows, row_beats):
+        cap = memory_beats(cfg, target)
+        rows = min(rows, cap)
+        row_beats = max(1, min(row_beats, cap // rows))
+        sp = int(rng.integers(0, cap - rows * row_beats + 1))
+        base = int(rng.integers(0, (cfg.mem_bytes // 4) // B)) * B
+        stride = int(rng.integers(row_beats, row_beats + 300)) * B
+        return isa.make(Opcode.LOAD, target=target, sp_addr=sp, rows=rows,
+                        row_beats=row_beats, dram_addr=base, stride=stride,
+                        pop_next=pop("c2l"), push_next=push("l2c"))
+
+    kinds = ["load", "load", "compute", "compute", "store", "sync"]
     for _ in range(length):
-        kind = rng.choice(["load", "load", "compute", "compute", "store", "sync"])
-        if kind == "load":
+        kind = rng.choice(kinds + ["loads"] * (2 * load_runs))
+        if kind == "loads":
+            first = int(rng.integers(0, 3))
+            for k in range(int(rng.integers(2, 13))):
+                instrs.append(load(LoadTarget((first + k) % 3), int(rng.integers(1, 3)),
+                                   int(rng.integers(1, 2 * cfg.max_burst + 2))))
+        elif kind == "load":
             target = LoadTarget(int(rng.integers(0, 3)))
             cap = memory_beats(cfg, target)
             rows = int(rng.integers(1, 4))

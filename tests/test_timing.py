@@ -8,8 +8,12 @@ compiled models through Verilator.
 
 import pytest
 
+from lowbit import isa
 from lowbit.config import PRESETS, AccelConfig
+from lowbit.isa import Opcode, Unit
+from lowbit.program import Program
 from lowbit.sim.cycle import simulate_timing
+from lowbit.timing import LOAD_OUTSTANDING
 
 from amaranth_top import run_top
 from randprog import random_program
@@ -38,4 +42,52 @@ def test_sim_cycles_equal_rtl_cycles(name, seed):
     cycles, counters = simulate_timing(prog, mem_latency=latency)
     assert rtl["status"] == 0b010          # done, not busy, no error
     assert rtl["instrs"] == len(prog.instrs)
+    assert cycles == rtl["cycles"]
+
+
+#: Long fetch groups and queues, so dispatch outruns the memory latency and the load unit
+#: runs out of in-flight LOAD slots.
+WIDE_FETCH = {"4x4-b64-fb32-q16": AccelConfig(rows=4, cols=4, bus_bits=64, queue_depth=16,
+                                              fetch_burst=32, max_burst=2, **SMALL)}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS) + sorted(WIDE_FETCH))
+@pytest.mark.parametrize("seed", range(3))
+def test_overlapping_loads_sim_cycles_equal_rtl_cycles(name, seed):
+    """Runs of back-to-back LOADs to different targets, with tokens, keep several LOADs in
+    flight (up to LOAD_OUTSTANDING); memory latencies from 1 to 41."""
+    cfg = {**CONFIGS, **WIDE_FETCH}[name]
+    prog = random_program(cfg, 1000 + seed * 17 + len(name), length=16, load_runs=True)
+    latency = (1, 13, 41)[seed]
+    events = []
+    cycles, _ = simulate_timing(prog, mem_latency=latency, events=events)
+    loads = [ev for ev in events if prog.instrs[ev[0]].opcode == Opcode.LOAD]
+    assert any(b[2] <= a[5] for a, b in zip(loads, loads[1:], strict=False)), "no overlap"
+    _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(prog.instrs),
+                     latency=latency)
+    assert rtl["status"] == 0b010
+    assert rtl["instrs"] == len(prog.instrs)
+    assert cycles == rtl["cycles"]
+
+
+@pytest.mark.parametrize("latency", [2, 30])
+def test_load_slots_bound_loads_in_flight(latency):
+    """Many one-beat LOADs: once LOAD_OUTSTANDING are in flight the next one starts on the
+    edge after the oldest completes (latency 30), or they never fill up (latency 2)."""
+    cfg = WIDE_FETCH["4x4-b64-fb32-q16"]
+    n = 2 * LOAD_OUTSTANDING + 3
+    instrs = [isa.make(Opcode.LOAD, target=k % 3, sp_addr=k, rows=1, row_beats=1,
+                       dram_addr=4096 + 64 * k, stride=0, push_next=int(k == n - 1))
+              for k in range(n)]
+    instrs += [isa.make(Opcode.SYNC, unit=Unit.COMPUTE, pop_prev=1), isa.make(Opcode.END)]
+    prog = Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[])
+    events = []
+    cycles, _ = simulate_timing(prog, mem_latency=latency, events=events)
+    starts, ends = [ev[2] for ev in events[:n]], [ev[5] for ev in events[:n]]
+    assert starts[1:] == [s + 1 for s in starts[:-1]] or latency > 20
+    if latency > 20:
+        assert starts[LOAD_OUTSTANDING] == ends[0] + 1
+    _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(prog.instrs),
+                     latency=latency)
+    assert rtl["status"] == 0b010
     assert cycles == rtl["cycles"]
