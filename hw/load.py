@@ -8,7 +8,7 @@ from amaranth.utils import exact_log2
 
 from lowbit import isa
 from lowbit.isa import Opcode
-from lowbit.timing import LOAD_OUTSTANDING
+from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 
 from .axi import BURST_INCR, AXI4ReadSignature
 from .decode import TokenPort, field, opcode_of
@@ -37,8 +37,9 @@ class LoadUnit(wiring.Component):
     ``sp_addr``, ``rows``, ``row_beats``, ``push_next``):
 
     * Address side: takes a LOAD (and its token) on its start edge ``S`` when the FIFO has
-      room, pushes its descriptor and issues one AR per cycle, the first at edge ``S + 2``
-      (bursts of at most ``max_burst`` beats, split at 4 KiB). On the edge that registers
+      room, pushes its descriptor and issues one AR per cycle, from edge ``S + 2`` on
+      (bursts of at most ``max_burst`` beats, split at 4 KiB), each only while fewer than
+      ``LOAD_BURSTS_OUTSTANDING`` bursts are in flight. On the edge that registers
       the LOAD's last AR it may already take the next LOAD, so that LOAD's ARs follow
       without a gap while earlier data is still in flight.
     * Data side: ``rready`` is always high; each R beat is written to the target memory of
@@ -128,6 +129,12 @@ class LoadUnit(wiring.Component):
                     m.next = "SYNC"
             return ok
 
+        # Bursts in flight: counted from the edge registering the AR to its last R beat.
+        bursts_out = Signal(range(LOAD_BURSTS_OUTSTANDING + 1))
+        ar_new = Signal()
+        m.d.sync += bursts_out.eq(bursts_out + ar_new
+                                  - (self.axi.rvalid & self.axi.rready & self.axi.rlast))
+
         # An AR stays valid until accepted; a new one may be registered in the same cycle.
         with m.If(self.axi.arready):
             m.d.sync += self.axi.arvalid.eq(0)
@@ -139,8 +146,11 @@ class LoadUnit(wiring.Component):
                 m.d.comb += self.tok_next.give.eq(push_next)
                 m.next = "IDLE"
             with m.State("RUN"):
-                # Address channel: one burst per cycle while bursts remain.
-                with m.If(~self.axi.arvalid | self.axi.arready):
+                # Address channel: one burst per cycle while bursts remain and fewer than
+                # LOAD_BURSTS_OUTSTANDING are in flight.
+                with m.If((~self.axi.arvalid | self.axi.arready)
+                          & (bursts_out != LOAD_BURSTS_OUTSTANDING)):
+                    m.d.comb += ar_new.eq(1)
                     m.d.sync += [
                         self.axi.arvalid.eq(1),
                         self.axi.araddr.eq(ar_addr),

@@ -3,7 +3,7 @@
 Kept free of Amaranth imports so the simulator starts fast.
 """
 
-__all__ = ["LOAD_OUTSTANDING", "compute_timing"]
+__all__ = ["LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "compute_timing"]
 
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
@@ -26,3 +26,7 @@ def compute_timing(cfg) -> dict:
 #: in-flight LOAD holds one entry of the load unit's descriptor FIFO (target, scratchpad
 #: address, shape, token) from its start edge to the edge of its last R beat.
 LOAD_OUTSTANDING = 8
+#: Read bursts the load unit keeps in flight (AR issued, last R beat not yet received); an AR
+#: waits until the oldest of them completes. Bounds what the memory must queue (``AxiRam``
+#: holds ``queue_depth`` = 64 bursts by default).
+LOAD_BURSTS_OUTSTANDING = 32

@@ -32,12 +32,13 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from lowbit.executors import RunResult
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program, ProgramError
-from lowbit.timing import LOAD_OUTSTANDING, compute_timing
+from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING, compute_timing
 
 from .reference import run_reference
 
@@ -72,31 +73,26 @@ class Timing:
         return -(-n * self.instr_beats_num // self.instr_beats_den)
 
 
-def _burst_counter(cfg):
-    """``bursts(ins)``: the number of ARs a LOAD issues (rows split into bursts of at most
-    ``max_burst`` beats that never cross a 4 KiB boundary), memoised per shape."""
+def _burst_splitter(cfg):
+    """``bursts(ins)``: the beat counts of the bursts a LOAD issues, in order (rows split into
+    bursts of at most ``max_burst`` beats that never cross a 4 KiB boundary), memoised per
+    shape."""
     B, MB = cfg.beat_bytes, cfg.max_burst
-    per_4k = 4096 // B
-    cache: dict[tuple[int, int, int, int], int] = {}
+    cache: dict[tuple[int, int, int, int], tuple[int, ...]] = {}
 
-    def row_bursts(addr: int, beats: int) -> int:
-        first = min(beats, (4096 - addr % 4096) // B)
-        n = -(-first // MB)
-        beats -= first
-        while beats:                      # whole 4 KiB pages, then the rest
-            chunk = min(beats, per_4k)
-            n += -(-chunk // MB)
-            beats -= chunk
-        return n
-
-    def bursts(ins) -> int:
+    def bursts(ins) -> tuple[int, ...]:
         key = (ins.dram_addr % 4096, ins.stride % 4096, ins.rows, ins.row_beats)
-        n = cache.get(key)
-        if n is None:
-            a0, st = key[0], key[1]
-            n = sum(row_bursts((a0 + r * st) % 4096, ins.row_beats) for r in range(ins.rows))
-            cache[key] = n
-        return n
+        out = cache.get(key)
+        if out is None:
+            out = []
+            for r in range(ins.rows):
+                addr, left = (key[0] + r * key[1]) % 4096, ins.row_beats
+                while left:
+                    n = min(left, MB, (4096 - addr % 4096) // B)
+                    out.append(n)
+                    addr, left = addr + n * B, left - n
+            out = cache[key] = tuple(out)
+        return out
 
     return bursts
 
@@ -141,7 +137,9 @@ def simulate_timing(program: Program, *, mem_latency: int,
     load_idle = compute_idle = store_idle = 0
     load_r_end = -1             # edge of the last R beat of the latest LOAD
     load_ends: list[int] = []   # completion edges of the LOADs, in order
-    load_bursts = _burst_counter(cfg)
+    load_bursts = _burst_splitter(cfg)
+    KB = LOAD_BURSTS_OUTSTANDING
+    burst_ends: deque[int] = deque(maxlen=KB)   # last-beat edges of the latest KB bursts
     n = len(program.instrs)
     group_end = -1
     next_attempt = 0
@@ -180,10 +178,16 @@ def simulate_timing(program: Program, *, mem_latency: int,
             counters["load_wait"] += start - ready
             if load:
                 beats = ins.rows * ins.row_beats
-                end = max(start + L + beats + 1, load_r_end + beats)
-                load_r_end = end
+                g = start               # edge registering the burst's AR (AR one edge later)
+                for blen in load_bursts(ins):
+                    g += 1
+                    if len(burst_ends) == KB:        # a burst slot frees at its last beat
+                        g = max(g, burst_ends[0] + 1)
+                    load_r_end = max(g + 1 + L, load_r_end + 1) + blen - 1
+                    burst_ends.append(load_r_end)
+                end = load_r_end
                 load_ends.append(end)
-                load_free = start + load_bursts(ins)
+                load_free = g
                 counters["dram_read_bytes"] += beats * cfg.beat_bytes
             else:
                 end = start + 1

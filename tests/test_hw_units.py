@@ -11,7 +11,7 @@ from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit
 from lowbit.hw.pe import PE, SystolicArray
-from lowbit.timing import LOAD_OUTSTANDING
+from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 
 from amaranth_top import _Port
 
@@ -197,12 +197,15 @@ def test_load_unit_dma_bursts_and_writes():
     dut = LoadUnit(cfg)
     rng = np.random.default_rng(3)
     mem = bytearray(rng.integers(0, 256, cfg.mem_bytes, dtype=np.uint8).tobytes())
-    lat = 6
+    lat = 40
     port = _Port(dut.axi, mem, lat, cfg.beat_bytes, False)
     loads = [dict(target=1, sp_addr=3, rows=3, row_beats=9, dram_addr=4096 - 3 * 8, stride=8 * 40),
              dict(target=0, sp_addr=0, rows=1, row_beats=17, dram_addr=8192 - 8, stride=0),
              dict(target=2, sp_addr=5, rows=2, row_beats=1, dram_addr=64, stride=4096)]
-    # Back-to-back small LOADs to all targets: more than LOAD_OUTSTANDING in flight.
+    # Back-to-back small LOADs to all targets: more than LOAD_OUTSTANDING in flight; then
+    # one-beat rows: more than LOAD_BURSTS_OUTSTANDING bursts in flight.
+    loads += [dict(target=0, sp_addr=100, rows=LOAD_BURSTS_OUTSTANDING + 9, row_beats=1,
+                   dram_addr=4096 * 5, stride=24)]
     loads += [dict(target=k % 3, sp_addr=40 + 2 * k, rows=1 + k % 2, row_beats=1,
                    dram_addr=4096 * 3 - 8 * k, stride=8 * (k + 1)) for k in range(12)]
     writes, ars, done_edges, starts = [], [], [], []
@@ -250,7 +253,7 @@ def test_load_unit_dma_bursts_and_writes():
         assert 1 <= n <= cfg.max_burst
         assert addr // 4096 == (addr + n * B - 1) // 4096, "burst crosses 4 KiB"
     # Independent per-burst/per-beat model of the schedule.
-    e_start, e_ar, e_done, r_edge = [], [], [], -1
+    e_start, e_ar, e_done, b_done, r_edge = [], [], [], [], -1
     bursts = []
     for i, ld in enumerate(loads):
         s = 0 if i == 0 else e_ar[-1] - 1
@@ -262,10 +265,13 @@ def test_load_unit_dma_bursts_and_writes():
             addr, left = ld["dram_addr"] + r * ld["stride"], ld["row_beats"]
             while left:
                 n = min(left, cfg.max_burst, (4096 - addr % 4096) // B)
+                if len(b_done) >= LOAD_BURSTS_OUTSTANDING:
+                    ar = max(ar, b_done[-LOAD_BURSTS_OUTSTANDING] + 2)
                 bursts.append((addr, n, ar))
                 e_ar.append(ar)
                 for j in range(n):
                     r_edge = max(ar + lat + j, r_edge + 1)
+                b_done.append(r_edge)
                 addr, left, ar = addr + n * B, left - n, ar + 1
         e_done.append(r_edge)
     assert ars == bursts
@@ -273,3 +279,4 @@ def test_load_unit_dma_bursts_and_writes():
     assert done_edges == e_done
     assert any(s < d for s, d in zip(starts[1:], done_edges, strict=False))  # overlap
     assert any(s > d for s, d in zip(starts[LOAD_OUTSTANDING:], done_edges, strict=False))
+    assert any(b[2] - a[2] > 1 for a, b in zip(ars, ars[1:], strict=False))  # burst bound

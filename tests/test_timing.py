@@ -13,7 +13,7 @@ from lowbit.config import PRESETS, AccelConfig
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program
 from lowbit.sim.cycle import simulate_timing
-from lowbit.timing import LOAD_OUTSTANDING
+from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 
 from amaranth_top import run_top
 from randprog import random_program
@@ -87,6 +87,27 @@ def test_load_slots_bound_loads_in_flight(latency):
     assert starts[1:] == [s + 1 for s in starts[:-1]] or latency > 20
     if latency > 20:
         assert starts[LOAD_OUTSTANDING] == ends[0] + 1
+    _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(prog.instrs),
+                     latency=latency)
+    assert rtl["status"] == 0b010
+    assert cycles == rtl["cycles"]
+
+
+@pytest.mark.parametrize("latency", [20, 45])
+def test_burst_slots_bound_bursts_in_flight(latency):
+    """LOADs of one-beat rows (one burst per beat) and a 4 KiB-split LOAD: at latency 45 more
+    than LOAD_BURSTS_OUTSTANDING bursts would be in flight, so ARs wait for burst slots."""
+    cfg = WIDE_FETCH["4x4-b64-fb32-q16"]
+    B = cfg.beat_bytes
+    shapes = [(LOAD_BURSTS_OUTSTANDING + 20, 1, 4096 + 8, 3 * B), (2, 5, 8192 - 2 * B, 4096),
+              (LOAD_BURSTS_OUTSTANDING - 3, 1, 64, 8 * B), (1, 9, 4096 * 3 - B, 0)]
+    instrs = [isa.make(Opcode.LOAD, target=0, sp_addr=0, rows=rows, row_beats=rb,
+                       dram_addr=addr, stride=stride, push_next=1)
+              for rows, rb, addr, stride in shapes]
+    instrs += [isa.make(Opcode.SYNC, unit=Unit.COMPUTE, pop_prev=1) for _ in shapes]
+    instrs.append(isa.make(Opcode.END))
+    prog = Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[])
+    cycles, _ = simulate_timing(prog, mem_latency=latency)
     _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(prog.instrs),
                      latency=latency)
     assert rtl["status"] == 0b010
