@@ -16,12 +16,15 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
 * fetch: AR two edges after the previous group's last dispatch (edge ``s+2`` for the first
   group); the group's beats arrive from ``L`` edges later; one dispatch per edge, waiting
   while the target queue is full.
-* load (up to ``LOAD_OUTSTANDING`` LOADs in flight): a LOAD of ``beats`` beats in ``nb``
-  bursts starts at ``S`` >= dispatch + 1, >= ``S' + nb'`` of the previous LOAD (the edge
-  registering its last AR), >= completion + 1 of the LOAD ``LOAD_OUTSTANDING`` back; ARs at
-  ``S+2 .. S+nb+1``; completes at ``E = max(S + L + beats + 1, E' + beats)`` (``E'``: the
-  previous LOAD's completion; R beats are serial). A SYNC starts >= every LOAD's
-  completion + 1 and completes one edge later; the next start is one edge after that.
+* load (up to ``LOAD_OUTSTANDING`` LOADs and ``LOAD_BURSTS_OUTSTANDING`` bursts in flight):
+  a LOAD starts at ``S`` >= dispatch + 1, >= the edge registering the previous LOAD's last
+  AR, >= completion + 1 of the LOAD ``LOAD_OUTSTANDING`` back. Its bursts (in program
+  order over all LOADs: ``n_j`` beats) register their AR at ``g_j = max(S + 1, e_{j-K} +
+  1)`` (its first) or ``max(g_{j-1} + 1, e_{j-K} + 1)`` (``K`` = burst slots); the AR is at
+  ``g_j + 1``; the last beat at ``e_j = max(g_j + 1 + L, e_{j-1} + 1) + n_j - 1``. It
+  completes at its last burst's ``e_j``. Without waits: ``max(S + L + beats + 1, E' +
+  beats)``. A SYNC starts >= every LOAD's completion + 1 and completes one edge later;
+  the next start is one edge after that.
 * compute: preload start ``P`` >= dispatch + 1 and previous hand-off + 1; hand-off
   ``X >= P + nw + 2``, >= the previous instruction's last row, >= the last row of the
   tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows`` (a depthwise
