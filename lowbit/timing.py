@@ -1,4 +1,5 @@
-"""Fixed latencies of the compute pipeline, shared by the hardware and the cycle simulator.
+"""Fixed latencies of the compute pipeline and the load unit's in-flight bounds, shared by
+the hardware and the cycle simulator.
 
 Kept free of Amaranth imports so the simulator starts fast.
 """
