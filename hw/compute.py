@@ -128,7 +128,7 @@ class ComputeUnit(wiring.Component):
         s_dw = Signal()
         s_red = Signal()           # reduce: every row into s_acc, later rows accumulate
         s_first = Signal()         # the next row is the instruction's first
-        s_tail = Signal(range(tail + 1))   # trailing lines of a depthwise COMPUTE
+        s_tail = Signal(range(max(2, tail + 1)))   # trailing lines of a depthwise COMPUTE
         s_sync = Signal()
         s_push_prev = Signal()
         s_push_next = Signal()

@@ -53,11 +53,12 @@ class SystolicArray(wiring.Component):
 
     * ``dw = 0`` (matrix): ``p[j] = sum_i a[i] * w[sel][i][j]``;
     * ``dw = 1`` (depthwise row mode, square arrays): ``p[i] = sum_{o < taps}
-      a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}`` is the vector that entered
-      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so its last
-      ``taps`` PEs hold ``taps`` consecutive vectors' lane ``i``; their products are summed
-      per row and replace the column sums at the de-skew input. The ``taps - 1`` vectors
-      after the last one of a depthwise run must be streamed too (the compute unit does).
+      a_{+o}[i] * w[sel][i][cols - 2 - o]`` where ``a_{+o}`` is the vector that entered
+      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so PEs
+      ``cols - 2 - o`` hold ``taps`` consecutive vectors' lane ``i``; their products are
+      summed per row and replace the column sums at the de-skew input. The ``taps - 1``
+      vectors after the last one of a depthwise run must be streamed too (the compute unit
+      does).
 
     Partial sums are ``psum_bits`` wide (enough for ``rows`` products, or ``acc_bits`` if
     narrower: they wrap exactly like ``acc_bits`` accumulators then) and sign-extend to
@@ -73,8 +74,8 @@ class SystolicArray(wiring.Component):
                  dw_taps: int):
         if rows != cols:
             raise ValueError(f"the depthwise row mode needs a square array, not {rows}x{cols}")
-        if not 1 <= dw_taps <= cols:
-            raise ValueError(f"dw_taps must be from 1 to cols={cols}, not {dw_taps}")
+        if not 1 <= dw_taps <= cols - 1:
+            raise ValueError(f"dw_taps must be from 1 to cols - 1 = {cols - 1}, not {dw_taps}")
         self.rows, self.cols = rows, cols
         self.weight_bits, self.acc_bits, self.dw_taps = weight_bits, acc_bits, dw_taps
         super().__init__({
@@ -122,13 +123,20 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
-        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors; the
-        # registered sum for vector t is ready when column i's sum for t would be
-        # (t + rows + i), so it enters column i's de-skew chain in its place.
+        # Depthwise row sums: PEs (i, cols - 2 - o), o < T, hold lane i of T consecutive
+        # vectors one cycle before the row's last PE would; their products are registered,
+        # then summed into a register, so the sum for vector t is ready when column i's sum
+        # for t would be (t + rows + i) and enters column i's de-skew chain in its place.
+        # (Two register stages: no adder follows a multiplier in the same cycle.)
         row_sum = []
         for i in range(R):
+            prods = []
+            for o in range(T):
+                pr = Signal(signed(ACT_WIDTH + wb), name=f"dw_prod{i}_{o}")
+                m.d.sync += pr.eq(pes[i][C - 2 - o].prod)
+                prods.append(pr)
             r = Signal(signed(pw), name=f"row_sum{i}")
-            m.d.sync += r.eq(sum(pes[i][C - 1 - o].prod for o in range(T)))
+            m.d.sync += r.eq(sum(prods))
             row_sum.append(r)
         # The mode bit of vector t, delayed to t + rows + j for lane j.
         dw_d = [self.dw]

@@ -68,7 +68,7 @@ def _tile_bits(w, wb):
 def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     """Random vectors alternate banks and modes (matrix / depthwise row mode); bank 0 is
     reloaded at the earliest allowed edge. Expected values come from numpy per vector."""
-    taps = min(3, n)
+    taps = min(3, n - 1)
     dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc, dw_taps=taps)
     rng = np.random.default_rng(n + acc)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
@@ -117,7 +117,7 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     for t in range(total - taps + 1):
         if dws[t]:
             # each product uses the bank of the vector in that PE
-            want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 1 - o])
+            want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 2 - o])
                         for o in range(taps)) for i in range(n)]
         else:
             want = list(vecs[t] @ tile_of(t))
