@@ -2,12 +2,14 @@
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from lowbit import isa
 from lowbit.isa import Opcode
 from lowbit.layout import MULT_BITS
+from lowbit.timing import STORE_INFLIGHT, STORE_STAGES
 
 from .axi import BURST_INCR, AXI4WriteSignature
 from .decode import TokenPort, field, opcode_of
@@ -19,12 +21,18 @@ __all__ = ["StoreUnit"]
 class StoreUnit(wiring.Component):
     """Executes STORE (and SYNC on the store unit) in order.
 
-    A STORE reads its parameter line once at start, then reads accumulator lines through
-    a 3-stage pipeline (read, ``(acc + bias) * mult``, round/shift/ReLU/clamp) into a
-    packer that emits one W beat per cycle (a line is ``cols`` bytes; several lines share a
-    beat on wide buses, a line spans several beats on narrow ones). AW bursts are issued one
-    per cycle independently of the data. Every stage stalls while ``wvalid & ~wready``.
-    It completes (and pushes) on the edge of its last B response.
+    A STORE reads its parameter line once at start (registered on the next edge), then
+    reads accumulator lines through a pipeline of :data:`~lowbit.timing.STORE_STAGES`
+    register stages (read, memory output, ``+ bias``, two 17x16 partial products, their sum
+    ``x``, the rounding add, the shift, ReLU/clamp) into a packer that emits one W beat per
+    cycle (a line is ``cols`` bytes; several lines share a beat on wide buses, a line spans
+    several beats on narrow ones). AW bursts are issued one per cycle independently of the
+    data. Every stage stalls while ``wvalid & ~wready``.
+
+    Once its last beat is in the W register the next STORE may start, while the write
+    responses are outstanding: up to :data:`~lowbit.timing.STORE_INFLIGHT` STOREs are
+    started and not completed. Each completes (and pushes) on the edge of its own last B
+    response, in order. A SYNC waits until every earlier STORE completed.
     """
 
     def __init__(self, cfg):
@@ -51,6 +59,7 @@ class StoreUnit(wiring.Component):
         F = Opcode.STORE
         ins = self.instr.payload
         axi = self.axi
+        N = STORE_INFLIGHT
 
         # Per-instruction registers.
         push_prev = Signal()
@@ -65,8 +74,13 @@ class StoreUnit(wiring.Component):
         w_addr = Signal(32)
         w_left = Signal(21)
         w_in_burst = Signal(9)
-        b_pending = Signal(16)
-        active = Signal()
+        beats_left = Signal(21)     # beats not yet in the W register
+        active = Signal()           # a STORE is reading / streaming
+        prm_load = Signal()         # the parameter line is on prm_data: register it
+        sync_st = Signal()          # a SYNC gives its token on this cycle
+        outstanding = Signal(range(N + 1))   # STOREs started and not completed
+        aw_issued = Signal(16)      # AW bursts issued, ever (wraps)
+        b_seen = Signal(16)         # B responses received, ever (wraps)
 
         m.d.comb += [
             axi.awsize.eq(exact_log2(B)), axi.awburst.eq(BURST_INCR),
@@ -74,73 +88,102 @@ class StoreUnit(wiring.Component):
         ]
         adv = Signal()
         m.d.comb += adv.eq(~axi.wvalid | axi.wready)
+        b_fire = axi.bvalid & axi.bready
+
+        # -- completion: one entry per STORE whose data went out, oldest first ------------
+        # An entry holds the value of ``aw_issued`` after the STORE's last burst; the STORE
+        # completes on the B response that brings ``b_seen`` to it.
+        m.submodules.done_q = done_q = SyncFIFO(width=17, depth=N)
+        complete = Signal()
+        m.d.comb += [
+            complete.eq(done_q.r_rdy & b_fire & ((b_seen + 1)[:16] == done_q.r_data[:16])),
+            done_q.r_en.eq(complete),
+        ]
+        m.d.sync += b_seen.eq(b_seen + b_fire)
+        fin = Signal()
+        m.d.comb += [fin.eq(active & (beats_left == 0) & (aw_left == 0)),
+                     done_q.w_en.eq(fin), done_q.w_data.eq(Cat(aw_issued, push_prev))]
+        with m.If(fin):
+            m.d.sync += active.eq(0)
 
         # -- start ----------------------------------------------------------------------
         beats_of = field(ins, F, "rows") << exact_log2(L)
-        with m.FSM():
-            with m.State("IDLE"):
-                pop = field(ins, F, "pop_prev")
-                with m.If(self.instr.valid & (~pop | self.tok_prev.avail)):
-                    m.d.comb += [self.instr.ready.eq(1), self.tok_prev.take.eq(pop)]
-                    m.d.sync += push_prev.eq(field(ins, F, "push_prev"))
-                    with m.If(opcode_of(ins) == Opcode.STORE):
-                        bits = field(ins, F, "out_bits")
-                        uns = field(ins, F, "out_unsigned")
-                        nbeats = beats_of >> exact_log2(W)
-                        m.d.comb += [self.prm_en.eq(1),
-                                     self.prm_addr.eq(field(ins, F, "param_addr"))]
-                        m.d.sync += [
-                            relu.eq(field(ins, F, "relu")),
-                            hi.eq(Mux(uns, (1 << bits) - 1, (1 << (bits - 1)[:4]) - 1)),
-                            lo.eq(Mux(uns, 0, -(1 << (bits - 1)[:4]))),
-                            rd_ptr.eq(field(ins, F, "acc_addr")),
-                            rd_left.eq(field(ins, F, "rows")),
-                            throttle.eq(0),
-                            aw_addr.eq(field(ins, F, "dram_addr")),
-                            aw_left.eq(nbeats),
-                            w_addr.eq(field(ins, F, "dram_addr")),
-                            w_left.eq(nbeats),
-                            w_in_burst.eq(0),
-                            active.eq(1),
-                        ]
-                        m.next = "RUN"
-                    with m.Else():
-                        m.next = "SYNC"
-            with m.State("SYNC"):
-                m.d.comb += [self.busy.eq(1), self.tok_prev.give.eq(push_prev)]
-                m.next = "IDLE"
-            with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                # Finished when every beat went out and every response came back.
-                b_fire = axi.bvalid & axi.bready
-                with m.If((aw_left == 0) & (w_left == 0) & ~axi.wvalid & ~axi.awvalid
-                          & (b_pending == 1) & b_fire):
-                    m.d.comb += self.tok_prev.give.eq(push_prev)
-                    m.d.sync += active.eq(0)
-                    m.next = "IDLE"
+        pop = field(ins, F, "pop_prev")
+        is_store = opcode_of(ins) == Opcode.STORE
+        can = Signal()
+        m.d.comb += can.eq(~sync_st & Mux(is_store, (~active | fin) & (outstanding < N),
+                                          ~active & (outstanding == 0)))
+        start = Signal()
+        m.d.comb += start.eq(self.instr.valid & can & (~pop | self.tok_prev.avail))
+        m.d.comb += [self.instr.ready.eq(start), self.tok_prev.take.eq(start & pop)]
+        m.d.sync += [prm_load.eq(0), sync_st.eq(0)]
+        m.d.comb += self.tok_prev.give.eq(Mux(sync_st, push_prev,
+                                              complete & done_q.r_data[16]))
+        m.d.sync += outstanding.eq(outstanding + (start & is_store) - complete)
+        m.d.comb += self.busy.eq(sync_st | (outstanding != 0))
+        with m.If(start):
+            m.d.sync += push_prev.eq(field(ins, F, "push_prev"))
+            with m.If(is_store):
+                bits = field(ins, F, "out_bits")
+                uns = field(ins, F, "out_unsigned")
+                nbeats = beats_of >> exact_log2(W)
+                m.d.comb += [self.prm_en.eq(1), self.prm_addr.eq(field(ins, F, "param_addr"))]
+                m.d.sync += [
+                    relu.eq(field(ins, F, "relu")),
+                    hi.eq(Mux(uns, (1 << bits) - 1, (1 << (bits - 1)[:4]) - 1)),
+                    lo.eq(Mux(uns, 0, -(1 << (bits - 1)[:4]))),
+                    rd_ptr.eq(field(ins, F, "acc_addr")),
+                    rd_left.eq(field(ins, F, "rows")),
+                    throttle.eq(0),
+                    aw_addr.eq(field(ins, F, "dram_addr")),
+                    aw_left.eq(nbeats),
+                    w_addr.eq(field(ins, F, "dram_addr")),
+                    w_left.eq(nbeats),
+                    w_in_burst.eq(0),
+                    beats_left.eq(nbeats),
+                    active.eq(1),
+                    prm_load.eq(1),
+                ]
+            with m.Else():
+                m.d.sync += sync_st.eq(1)
 
         # -- address channel ----------------------------------------------------------------
         aw_len = burst_len(m, aw_addr, aw_left, beat_bytes=B, max_burst=cfg.max_burst)
-        aw_fire = axi.awvalid & axi.awready
-        b_fire = axi.bvalid & axi.bready
         with m.If(~axi.awvalid | axi.awready):
             with m.If(active & (aw_left != 0)):
                 m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(aw_addr),
                              axi.awlen.eq(aw_len - 1),
                              aw_addr.eq(aw_addr + (aw_len << exact_log2(B))),
-                             aw_left.eq(aw_left - aw_len)]
+                             aw_left.eq(aw_left - aw_len), aw_issued.eq(aw_issued + 1)]
             with m.Else():
                 m.d.sync += axi.awvalid.eq(0)
-        m.d.sync += b_pending.eq(b_pending + aw_fire - b_fire)
+
+        # -- parameters: registered once per STORE, stable while its lines flow ------------
+        acc_w = cfg.acc_bits
+        bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
+        mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
+        shift = [Signal(6, name=f"shift{j}") for j in range(C)]
+        half = [Signal(64, name=f"half{j}") for j in range(C)]       # rounding, x >= 0
+        half_n = [Signal(64, name=f"half_n{j}") for j in range(C)]   # rounding, x < 0
+        with m.If(prm_load):
+            for j in range(C):
+                rec = self.prm_data[j * 64:(j + 1) * 64]
+                s = rec[48:54]
+                h = Signal(64, name=f"h{j}")
+                m.d.comb += h.eq(Mux(s == 0, 0, 1 << (s - 1)[:6]))
+                m.d.sync += [bias[j].eq(rec[0:32].as_signed()), mult[j].eq(rec[32:48]),
+                             shift[j].eq(s), half[j].eq(h),
+                             half_n[j].eq(Mux(s == 0, 0, h - 1))]
 
         # -- data pipeline ----------------------------------------------------------------
         # Stage 0: accumulator read. Lines wider than a beat are read every L/W cycles.
-        v0 = Signal()
+        v = [Signal(name=f"v{k}") for k in range(STORE_STAGES)]
         issue = Signal()
         m.d.comb += [issue.eq(active & (rd_left != 0) & (throttle == 0)),
                      self.acc_en.eq(adv), self.acc_addr.eq(rd_ptr)]
         with m.If(adv):
-            m.d.sync += v0.eq(issue)
+            m.d.sync += v[0].eq(issue)
+            m.d.sync += [v[k].eq(v[k - 1]) for k in range(1, STORE_STAGES)]
             with m.If(issue):
                 m.d.sync += [rd_ptr.eq(rd_ptr + 1), rd_left.eq(rd_left - 1)]
                 if L > W:
@@ -148,56 +191,54 @@ class StoreUnit(wiring.Component):
             with m.Elif(throttle != 0):
                 m.d.sync += throttle.eq(throttle - 1)
 
-        # Stage 1: x = (acc + bias) * mult.
-        v1 = Signal()
-        acc_w, prod_w = cfg.acc_bits, 32 + 2 + MULT_BITS
-        x = [Signal(signed(prod_w), name=f"x{j}") for j in range(C)]
-        shifts = [Signal(6, name=f"shift{j}") for j in range(C)]
-        with m.If(adv):
-            m.d.sync += v1.eq(v0)
-            for j in range(C):
-                acc = self.acc_data[j * acc_w:(j + 1) * acc_w].as_signed()
-                rec = self.prm_data[j * 64:(j + 1) * 64]
-                bias = rec[0:32].as_signed()
-                mult = rec[32:48]
-                m.d.sync += [x[j].eq((acc + bias) * mult), shifts[j].eq(rec[48:54])]
-
-        # Stage 2: round half away from zero, shift, ReLU, clamp.
-        v2 = Signal()
+        # Stages 1-7, per lane: requantize (lowbit.layout.requantize) with one adder,
+        # multiplier, shifter or comparator between registers.
+        prod_w = 32 + 2 + MULT_BITS
         y = Signal(L)
-        with m.If(adv):
-            m.d.sync += v2.eq(v1)
-            for j in range(C):
-                s = shifts[j]
-                half = Mux(s == 0, 0, 1 << (s - 1)[:6])
-                neg = Mux((s != 0) & x[j][-1], 1, 0)
-                r = Signal(signed(prod_w + 1), name=f"r{j}")
-                m.d.comb += r.eq((x[j] + half - neg) >> s)
-                c = Signal(signed(10), name=f"c{j}")
-                with m.If(relu & r[-1]):
-                    m.d.comb += c.eq(0)
-                with m.Elif(r > hi):
-                    m.d.comb += c.eq(hi)
-                with m.Elif(r < lo):
-                    m.d.comb += c.eq(lo)
-                with m.Else():
-                    m.d.comb += c.eq(r)
-                m.d.sync += y[j * 8:(j + 1) * 8].eq(c[:8])
+        for j in range(C):
+            a = Signal(signed(acc_w), name=f"a{j}")              # 1: memory output
+            sb = Signal(signed(33), name=f"sb{j}")               # 2: acc + bias
+            p_lo = Signal(17 + MULT_BITS, name=f"p_lo{j}")       # 3: partial products
+            p_hi = Signal(signed(17 + MULT_BITS), name=f"p_hi{j}")
+            x = Signal(signed(prod_w), name=f"x{j}")             # 4: (acc + bias) * mult
+            t = Signal(signed(65), name=f"t{j}")                 # 5: + half - (x < 0)
+            r = Signal(signed(65), name=f"r{j}")                 # 6: >> shift
+            c = Signal(signed(10), name=f"c{j}")                 # 7: ReLU, clamp
+            with m.If(relu & r[-1]):
+                m.d.comb += c.eq(0)
+            with m.Elif(r > hi):
+                m.d.comb += c.eq(hi)
+            with m.Elif(r < lo):
+                m.d.comb += c.eq(lo)
+            with m.Else():
+                m.d.comb += c.eq(r)
+            with m.If(adv):
+                m.d.sync += [
+                    a.eq(self.acc_data[j * acc_w:(j + 1) * acc_w].as_signed()),
+                    sb.eq(a + bias[j]),
+                    p_lo.eq(sb[:17] * mult[j]),
+                    p_hi.eq(sb[17:].as_signed() * mult[j]),
+                    x.eq((p_hi << 17) + p_lo),
+                    t.eq(x + Mux(x[-1], half_n[j], half[j])),
+                    r.eq(t >> shift[j]),
+                    y[j * 8:(j + 1) * 8].eq(c[:8]),
+                ]
+        vy = v[STORE_STAGES - 1]
 
-        # Stage 3: pack lines into beats.
+        # Pack lines into beats.
         beat = Signal(W)
         beat_valid = Signal()
         if L == W:
-            m.d.comb += [beat.eq(y), beat_valid.eq(v2)]
+            m.d.comb += [beat.eq(y), beat_valid.eq(vy)]
         elif L > W:
             hold = Signal(L - W)
             left = Signal(range(L // W))
             m.d.comb += [beat.eq(Mux(left != 0, hold[:W], y[:W])),
-                         beat_valid.eq(v2 | (left != 0))]
+                         beat_valid.eq(vy | (left != 0))]
             with m.If(adv):
                 with m.If(left != 0):
                     m.d.sync += [hold.eq(hold >> W), left.eq(left - 1)]
-                with m.Elif(v2):
+                with m.Elif(vy):
                     m.d.sync += [hold.eq(y[W:]), left.eq(L // W - 1)]
         else:
             per = W // L
@@ -205,8 +246,8 @@ class StoreUnit(wiring.Component):
             count = Signal(range(per))
             # Lines enter at the top and move down, so line 0 ends in the lowest bits.
             m.d.comb += [beat.eq(Cat(acc_beat, y)),
-                         beat_valid.eq(v2 & (count == per - 1))]
-            with m.If(adv & v2):
+                         beat_valid.eq(vy & (count == per - 1))]
+            with m.If(adv & vy):
                 m.d.sync += [acc_beat.eq(beat >> L), count.eq(count + 1)]
 
         # Output register with burst framing.
@@ -214,7 +255,7 @@ class StoreUnit(wiring.Component):
         with m.If(adv):
             m.d.sync += axi.wvalid.eq(beat_valid)
             with m.If(beat_valid):
-                m.d.sync += axi.wdata.eq(beat)
+                m.d.sync += [axi.wdata.eq(beat), beats_left.eq(beats_left - 1)]
                 with m.If(w_in_burst == 0):
                     m.d.sync += [axi.wlast.eq(w_len == 1), w_in_burst.eq(w_len - 1),
                                  w_addr.eq(w_addr + (w_len << exact_log2(B))),

@@ -1,16 +1,24 @@
-"""Fixed latencies of the compute pipeline and the load unit's in-flight bounds, shared by
-the hardware and the cycle simulator.
+"""Fixed latencies of the compute pipeline and the store unit, the load and store units' in-flight
+bounds, shared by the hardware and the cycle simulator.
 
 Kept free of Amaranth imports so the simulator starts fast.
 """
 
-__all__ = ["LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "compute_timing"]
+__all__ = ["LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "STORE_INFLIGHT", "STORE_STAGES",
+           "compute_timing"]
 
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
 FEED = 2
 #: Cycles of the scaling register between the array output and the accumulator write.
 SCALE = 1
+#: Register stages of the store unit from an accumulator read to the requantized line (read,
+#: memory output, ``+ bias``, partial products, ``* mult``, rounding add, shift, clamp). A
+#: STORE started at edge ``S`` offers its last W beat at edge
+#: ``S + STORE_STAGES + 1 + max(beats, rows)``; the next STORE may start on that edge.
+STORE_STAGES = 8
+#: STOREs that may be started and not yet completed (waiting for their B responses).
+STORE_INFLIGHT = 4
 
 
 def compute_timing(cfg) -> dict:

@@ -30,7 +30,10 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
   tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows`` (a depthwise
   COMPUTE reads ``dw_taps - 1`` more lines after them, holding S as long); completes
   ``result`` edges after its last row ``X + rows``.
-* store: start ``S``; completes at ``S + 4 + max(beats, rows) + L``.
+* store: start ``S`` >= dispatch + 1 and >= the previous STORE's last W beat ``S' + F +
+  max(beats', rows')`` with ``F = STORE_STAGES + 1``; completes at ``S + F + max(beats,
+  rows) + L`` (its last B response), in order; at most ``STORE_INFLIGHT`` STOREs started and
+  not completed; a SYNC starts after every earlier STORE completed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ from dataclasses import dataclass
 from lowbit.executors import RunResult
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program, ProgramError
-from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING, compute_timing
+from lowbit.timing import (
+    LOAD_BURSTS_OUTSTANDING,
+    LOAD_OUTSTANDING,
+    STORE_INFLIGHT,
+    STORE_STAGES,
+    compute_timing,
+)
 
 from .reference import run_reference
 
@@ -135,6 +144,7 @@ def simulate_timing(program: Program, *, mem_latency: int,
 
     s = 0                       # edge of the CTRL write
     load_free = compute_pfree = store_free = 0
+    store_ends: list[int] = []  # completion edges of STOREs, in order
     s_free = 0                  # compute S stage accepts a hand-off at this edge or later
     last_rows: list[int] = []   # last-row edges of COMPUTE tiles, in order
     load_idle = compute_idle = store_idle = 0
@@ -234,21 +244,29 @@ def simulate_timing(program: Program, *, mem_latency: int,
                 tok["compute->store"].gives.append(end)
         else:
             ready = max(d + 1, store_free)
+            if ins.opcode == Opcode.STORE:
+                if len(store_ends) >= STORE_INFLIGHT:
+                    ready = max(ready, store_ends[-STORE_INFLIGHT] + 1)
+            elif store_ends:
+                ready = max(ready, store_ends[-1] + 1)
             start = ready
             if ins.pop_prev:
                 start = max(start, tok["compute->store"].take_edge(i))
             counters["store_wait"] += start - ready
             if ins.opcode == Opcode.STORE:
                 beats = ins.rows * tm.out_line_bits // tm.bus_bits
-                end = start + 4 + max(beats, ins.rows) + L
-                store_free = end + 1
+                # The next STORE may start on the edge of this one's last W beat.
+                store_free = start + STORE_STAGES + 1 + max(beats, ins.rows)
+                end = store_free + L
+                store_ends.append(end)
+                busy = (start, store_free - 1)
                 counters["dram_write_bytes"] += beats * cfg.beat_bytes
             else:
                 end = start + 1
                 store_free = start + 2
-            busy = (start, end)
+                busy = (start, end)
             counters["store_busy"] += store_free - start
-            store_idle = store_free
+            store_idle = max(store_idle, end + 1)
             if ins.push_prev:
                 tok["store->compute"].gives.append(end)
         pops[unit].append(start)

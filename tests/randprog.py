@@ -7,10 +7,14 @@ from lowbit.checks import memory_beats
 from lowbit.isa import LoadTarget, Opcode, Unit
 from lowbit.program import Program
 
+KINDS = ("load", "load", "compute", "compute", "store", "sync")
 
-def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False) -> Program:
+def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
+                   kinds=KINDS, max_store_rows: int = 12) -> Program:
     """With ``load_runs``, some items are runs of 2 to 12 back-to-back small LOADs to
-    rotating targets, with tokens, so several LOADs are in flight at once."""
+    rotating targets, with tokens, so several LOADs are in flight at once. ``kinds`` is the
+    pool each item's kind is drawn from (repeat a kind to make it likelier); a STORE has at
+    most ``max_store_rows`` lines (times lines per beat)."""
     rng = np.random.default_rng(seed)
     B = cfg.beat_bytes
     counts = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
@@ -39,9 +43,8 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False)
                         row_beats=row_beats, dram_addr=base, stride=stride,
                         pop_next=pop("c2l"), push_next=push("l2c"))
 
-    kinds = ["load", "load", "compute", "compute", "store", "sync"]
     for _ in range(length):
-        kind = rng.choice(kinds + ["loads"] * (2 * load_runs))
+        kind = rng.choice(list(kinds) + ["loads"] * (2 * load_runs))
         if kind == "loads":
             first = int(rng.integers(0, 3))
             for k in range(int(rng.integers(2, 13))):
@@ -75,7 +78,7 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False)
                 push_prev=push("c2l"), push_next=push("c2s")))
         elif kind == "store":
             lpb = max(1, cfg.bus_bits // cfg.out_line_bits)
-            rows = int(rng.integers(1, max(2, min(12, cfg.acc_depth // lpb)))) * lpb
+            rows = int(rng.integers(1, max(2, min(max_store_rows, cfg.acc_depth // lpb)))) * lpb
             base = int(rng.integers((cfg.mem_bytes // 2) // B, cfg.mem_bytes // B - 4096)) * B
             instrs.append(isa.make(
                 Opcode.STORE, acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,

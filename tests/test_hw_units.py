@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from amaranth import Module, Signal
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from lowbit import isa
@@ -11,6 +12,8 @@ from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit
 from lowbit.hw.pe import PE, SystolicArray
+from lowbit.hw.store import StoreUnit
+from lowbit.layout import requantize
 from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 
 from amaranth_top import _Port
@@ -280,3 +283,130 @@ def test_load_unit_dma_bursts_and_writes():
     assert any(s < d for s, d in zip(starts[1:], done_edges, strict=False))  # overlap
     assert any(s > d for s, d in zip(starts[LOAD_OUTSTANDING:], done_edges, strict=False))
     assert any(b[2] - a[2] > 1 for a, b in zip(ars, ars[1:], strict=False))  # burst bound
+
+
+def _store_harness(cfg, acc_init, prm_init):
+    """A StoreUnit with its accumulator and parameter memories."""
+    m = Module()
+    m.submodules.store = st = StoreUnit(cfg)
+    m.submodules.acc = acc = memory.Memory(shape=unsigned(cfg.cols * cfg.acc_bits),
+                                           depth=len(acc_init), init=acc_init)
+    m.submodules.prm = prm = memory.Memory(shape=unsigned(cfg.param_line_bits),
+                                           depth=len(prm_init), init=prm_init)
+    ra, rp = acc.read_port(), prm.read_port()
+    m.d.comb += [ra.en.eq(st.acc_en), ra.addr.eq(st.acc_addr), st.acc_data.eq(ra.data),
+                 rp.en.eq(st.prm_en), rp.addr.eq(st.prm_addr), st.prm_data.eq(rp.data)]
+    return m, st
+
+
+@pytest.mark.parametrize("cols,bus", [(4, 32), (4, 64), (8, 32)])   # line =, <, > beat
+def test_store_unit_requantizes_under_backpressure(cols, bus):
+    """Exact requantization (lowbit.layout.requantize) of extreme accumulators and
+    parameters, with random awready/wready back-pressure and B responses that arrive late:
+    STOREs overlap their write responses (at most STORE_INFLIGHT in flight), each pushes its
+    token on the edge of its own last B response, in order, and a SYNC waits for all."""
+    cfg = AccelConfig(rows=cols, cols=cols, bus_bits=bus, max_burst=3, act_depth=64,
+                      weight_tiles=2, acc_depth=64, param_depth=8, mem_bytes=1 << 16)
+    C, B = cfg.cols, cfg.beat_bytes
+    rng = np.random.default_rng(cols * 1000 + bus)
+
+    def extreme(lo, hi, n):
+        v = rng.integers(lo, hi + 1, n)
+        pick = rng.random(n)
+        v = np.where(pick < 0.1, lo, np.where(pick < 0.2, hi, v))
+        return np.where((pick > 0.2) & (pick < 0.5), v >> rng.integers(0, 31, n), v)
+
+    acc = extreme(-(1 << 31), (1 << 31) - 1, (64, C))
+    bias = extreme(-(1 << 31), (1 << 31) - 1, (8, C))
+    mult = extreme(0, (1 << 16) - 1, (8, C))
+    shift = np.where(rng.random((8, C)) < 0.3, rng.integers(0, 64, (8, C)),
+                     rng.integers(8, 40, (8, C)))
+    # Tame halves: parameter lines 0-3 and accumulator lines 0-31 give results near the
+    # clamp bounds and exact ties of the rounding (x = (q + 1/2) * 2^shift), of both signs.
+    s_lane = rng.integers(0, 12, C)
+    m = rng.integers(0, 4, (4, C))
+    bias[:4] = rng.integers(-3, 4, (4, C)) << s_lane
+    mult[:4] = 1 << m
+    shift[:4] = s_lane + m
+    half = np.where(s_lane > 0, 1 << np.maximum(s_lane - 1, 0), 0)
+    acc[:32] = (rng.integers(-40, 40, (32, C)) << s_lane) \
+        + np.where(rng.random((32, C)) < 0.6, half, rng.integers(0, 1 << s_lane, (32, C)))
+    acc_init = [sum((int(v) & 0xFFFFFFFF) << (32 * j) for j, v in enumerate(line))
+                for line in acc]
+    prm_init = [sum(((int(b) & 0xFFFFFFFF) | int(mu) << 32 | int(s) << 48) << (64 * j)
+                    for j, (b, mu, s) in enumerate(zip(*rec, strict=True)))
+                for rec in zip(bias, mult, shift, strict=True)]
+    lpb = max(1, bus // cfg.out_line_bits)
+    stores = []
+    base = 4096 - 5 * B                      # the first bursts cross a 4 KiB boundary
+    for k in range(16):
+        rows = int(rng.integers(1, 7)) * lpb
+        tame = k % 3 != 2
+        stores.append(dict(acc_addr=int(rng.integers(0, 32 - rows)) + (0 if tame else 32),
+                           rows=rows, param_addr=int(rng.integers(0, 4)) + (0 if tame else 4),
+                           relu=int(rng.random() < 0.3), out_bits=int(rng.integers(2, 9)),
+                           out_unsigned=int(rng.random() < 0.3), dram_addr=base,
+                           push_prev=1))
+        base += rows * cfg.out_line_bits // 8 + B * int(rng.integers(0, 3))
+    program = [isa.make(isa.Opcode.STORE, **s) for s in stores[:7]]
+    program.append(isa.make(isa.Opcode.SYNC, unit=isa.Unit.STORE, push_prev=1))
+    program += [isa.make(isa.Opcode.STORE, **s) for s in stores[7:]]
+    dut, st = _store_harness(cfg, acc_init, prm_init)
+    mem = {}
+    gives, b_edges, aws = [], [], []
+
+    async def tb(ctx):
+        queue = list(program)
+        wq, beats, pend = [], [], []        # AWs, W beats, B ready edges
+        e = 0
+        ctx.set(st.tok_prev.avail, 1)
+        while len(gives) < len(program):
+            ctx.set(st.instr.valid, bool(queue))
+            if queue:
+                ctx.set(st.instr.payload, int.from_bytes(isa.encode(queue[0]), "little"))
+            ctx.set(st.axi.awready, int(rng.random() < 0.5))
+            ctx.set(st.axi.wready, int(rng.random() < 0.6))
+            ctx.set(st.axi.bvalid, int(bool(pend) and pend[0] <= e))
+            if queue and ctx.get(st.instr.ready):
+                queue.pop(0)
+            if ctx.get(st.axi.awvalid) and ctx.get(st.axi.awready):
+                wq.append([ctx.get(st.axi.awaddr), ctx.get(st.axi.awlen) + 1])
+                aws.append(wq[-1][0])
+            if ctx.get(st.axi.wvalid) and ctx.get(st.axi.wready):
+                beats.append((ctx.get(st.axi.wdata), ctx.get(st.axi.wlast)))
+            while wq and beats:
+                data, last = beats.pop(0)
+                for i in range(B):
+                    mem[wq[0][0] + i] = (data >> (8 * i)) & 0xFF
+                wq[0][0] += B
+                wq[0][1] -= 1
+                assert last == (wq[0][1] == 0), "wlast"
+                if last:
+                    wq.pop(0)
+                    pend.append(e + int(rng.integers(1, 40)))
+            if ctx.get(st.axi.bvalid):
+                pend.pop(0)
+                b_edges.append(e)
+            if ctx.get(st.tok_prev.give):
+                gives.append(e)
+            await ctx.tick()
+            e += 1
+            assert e < 20000
+
+    _run(dut, tb)
+    for s in stores:
+        want = requantize(acc[s["acc_addr"]:s["acc_addr"] + s["rows"]], bias[s["param_addr"]],
+                          mult[s["param_addr"]], shift[s["param_addr"]], relu=bool(s["relu"]),
+                          out_bits=s["out_bits"], out_unsigned=bool(s["out_unsigned"]))
+        got = [mem.get(s["dram_addr"] + i, None) for i in range(s["rows"] * C)]
+        assert got == [int(v) & 0xFF for v in want.reshape(-1)], s
+    # A STORE completes on the B response of its last burst (bursts never span STOREs).
+    ends = [max(i for i, a in enumerate(aws) if s["dram_addr"] <= a
+                < s["dram_addr"] + s["rows"] * C) for s in stores]
+    store_gives = gives[:7] + gives[8:]
+    assert store_gives == [b_edges[i] for i in ends]
+    assert gives[7] > gives[6]                      # the SYNC waited for every STORE
+    # Several STOREs were waiting for their responses at once, never more than the limit.
+    starts_before_end = [sum(1 for g in store_gives[:k] if g >= store_gives[k] - 40)
+                         for k in range(len(store_gives))]
+    assert max(starts_before_end) >= 1
