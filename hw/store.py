@@ -159,18 +159,23 @@ class StoreUnit(wiring.Component):
                 m.d.sync += axi.awvalid.eq(0)
 
         # -- parameters: registered once per STORE, stable while its lines flow ------------
+        # |x| = |(acc + bias) * mult| < 2^XM, so every shift >= XM + 1 rounds x to 0 (x +
+        # 2^(shift-1) - (x < 0) lies in [0, 2^shift)): shifts are capped at XM + 1, which keeps
+        # the rounding add and the shifter XM + 2 bits wide.
         acc_w = cfg.acc_bits
+        XM = max(acc_w, 32) + MULT_BITS
         bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
         mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
-        shift = [Signal(6, name=f"shift{j}") for j in range(C)]
-        half = [Signal(64, name=f"half{j}") for j in range(C)]       # rounding, x >= 0
-        half_n = [Signal(64, name=f"half_n{j}") for j in range(C)]   # rounding, x < 0
+        shift = [Signal(range(XM + 2), name=f"shift{j}") for j in range(C)]
+        half = [Signal(XM + 1, name=f"half{j}") for j in range(C)]       # rounding, x >= 0
+        half_n = [Signal(XM + 1, name=f"half_n{j}") for j in range(C)]   # rounding, x < 0
         with m.If(prm_load):
             for j in range(C):
                 rec = self.prm_data[j * 64:(j + 1) * 64]
-                s = rec[48:54]
-                h = Signal(64, name=f"h{j}")
-                m.d.comb += h.eq(Mux(s == 0, 0, 1 << (s - 1)[:6]))
+                s = Signal(range(XM + 2), name=f"s{j}")
+                m.d.comb += s.eq(Mux(rec[48:54] > XM + 1, XM + 1, rec[48:54]))
+                h = Signal(XM + 1, name=f"h{j}")
+                m.d.comb += h.eq(Mux(s == 0, 0, 1 << (s - 1)[:len(s)]))
                 m.d.sync += [bias[j].eq(rec[0:32].as_signed()), mult[j].eq(rec[32:48]),
                              shift[j].eq(s), half[j].eq(h),
                              half_n[j].eq(Mux(s == 0, 0, h - 1))]
@@ -193,16 +198,15 @@ class StoreUnit(wiring.Component):
 
         # Stages 1-7, per lane: requantize (lowbit.layout.requantize) with one adder,
         # multiplier, shifter or comparator between registers.
-        prod_w = 32 + 2 + MULT_BITS
         y = Signal(L)
         for j in range(C):
             a = Signal(signed(acc_w), name=f"a{j}")              # 1: memory output
             sb = Signal(signed(33), name=f"sb{j}")               # 2: acc + bias
             p_lo = Signal(17 + MULT_BITS, name=f"p_lo{j}")       # 3: partial products
             p_hi = Signal(signed(17 + MULT_BITS), name=f"p_hi{j}")
-            x = Signal(signed(prod_w), name=f"x{j}")             # 4: (acc + bias) * mult
-            t = Signal(signed(65), name=f"t{j}")                 # 5: + half - (x < 0)
-            r = Signal(signed(65), name=f"r{j}")                 # 6: >> shift
+            x = Signal(signed(XM + 1), name=f"x{j}")             # 4: (acc + bias) * mult
+            t = Signal(signed(XM + 2), name=f"t{j}")             # 5: + half - (x < 0)
+            r = Signal(signed(XM + 2), name=f"r{j}")             # 6: >> shift
             c = Signal(signed(10), name=f"c{j}")                 # 7: ReLU, clamp
             with m.If(relu & r[-1]):
                 m.d.comb += c.eq(0)
