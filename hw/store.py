@@ -21,7 +21,7 @@ __all__ = ["StoreUnit"]
 class StoreUnit(wiring.Component):
     """Executes STORE (and SYNC on the store unit) in order.
 
-    A STORE reads its parameter line once at start (registered on the next edge), then
+    A STORE reads its parameter line once at start (registered over the next two edges), then
     reads accumulator lines through a pipeline of :data:`~lowbit.timing.STORE_STAGES`
     register stages (read, memory output, ``+ bias``, two 17x16 partial products, their sum
     ``x``, the rounding add, the shift, ReLU/clamp) into a packer that emits one W beat per
@@ -166,19 +166,26 @@ class StoreUnit(wiring.Component):
         XM = max(acc_w, 32) + MULT_BITS
         bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
         mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
+        shift_in = [Signal(6, name=f"shift_in{j}") for j in range(C)]
         shift = [Signal(range(XM + 2), name=f"shift{j}") for j in range(C)]
         half = [Signal(XM + 1, name=f"half{j}") for j in range(C)]       # rounding, x >= 0
         half_n = [Signal(XM + 1, name=f"half_n{j}") for j in range(C)]   # rounding, x < 0
+        # Edge S + 1: the raw fields; edge S + 2: the capped shift and its rounding constants
+        # 2^(shift-1) and 2^(shift-1) - 1 (bit masks, no carry chain).
+        prm_load2 = Signal()
+        m.d.sync += prm_load2.eq(prm_load)
         with m.If(prm_load):
             for j in range(C):
                 rec = self.prm_data[j * 64:(j + 1) * 64]
-                s = Signal(range(XM + 2), name=f"s{j}")
-                m.d.comb += s.eq(Mux(rec[48:54] > XM + 1, XM + 1, rec[48:54]))
-                h = Signal(XM + 1, name=f"h{j}")
-                m.d.comb += h.eq(Mux(s == 0, 0, 1 << (s - 1)[:len(s)]))
                 m.d.sync += [bias[j].eq(rec[0:32].as_signed()), mult[j].eq(rec[32:48]),
-                             shift[j].eq(s), half[j].eq(h),
-                             half_n[j].eq(Mux(s == 0, 0, h - 1))]
+                             shift_in[j].eq(rec[48:54])]
+        with m.If(prm_load2):
+            for j in range(C):
+                s = Signal(range(XM + 2), name=f"s{j}")
+                m.d.comb += s.eq(Mux(shift_in[j] > XM + 1, XM + 1, shift_in[j]))
+                m.d.sync += [shift[j].eq(s),
+                             half[j].eq(Cat(*(s == i + 1 for i in range(XM + 1)))),
+                             half_n[j].eq(Cat(*(s > i + 1 for i in range(XM + 1))))]
 
         # -- data pipeline ----------------------------------------------------------------
         # Stage 0: accumulator read. Lines wider than a beat are read every L/W cycles.
