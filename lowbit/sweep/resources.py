@@ -100,12 +100,16 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     skew_ff = (r * (r - 1) // 2) * (a + 1) + (c * (c - 1) // 2) * acc
     # Accumulator read-modify-write adders, one per column, and their pipeline registers.
     accum_lut, accum_ff = c * acc, 2 * c * acc
-    # Store unit per column: bias adder, (acc_bits + 1) x 16 multiply on DSPs, rounding
-    # shifter (a mux level per shift bit), ReLU/clamp; registers of its three stages.
-    prod_bits = acc + 1 + _STORE_MULT_BITS
-    store_lut = c * (acc + prod_bits * _STORE_SHIFT_LEVELS // 2 + 16)
-    store_ff = c * (acc + 1 + prod_bits + 8 + 6)
-    dsp = c * math.ceil((acc + 1) / _DSP_WIDTH)
+    # Store unit per column (hw/store.py): bias adder (sb bits), two 17 x 16 partial
+    # products on DSPs, their sum, the rounding add, the rounding shifter (a mux level per
+    # shift bit) and the clamp comparators, all xm + 2 bits wide at most; registers of its
+    # pipeline stages and of the parameters (bias, mult, shift, two rounding masks).
+    sb = max(acc, 32) + 1
+    xm = sb - 1 + _STORE_MULT_BITS
+    store_lut = c * (sb + 3 * (xm + 2) + (xm + 2) * _STORE_SHIFT_LEVELS // 2 + 16)
+    store_ff = c * (acc + sb + 2 * (17 + _STORE_MULT_BITS) + 3 * (xm + 2) + 8
+                    + 32 + _STORE_MULT_BITS + 12 + 2 * (xm + 1))
+    dsp = c * math.ceil(sb / _DSP_WIDTH)
     # Instruction queues in LUT RAM (16 x 1 per LUT), three of 128-bit entries.
     queue_lut = 3 * 128 * math.ceil(cfg.queue_depth / 16)
     # Bus-wide datapath: DMA width conversion muxes and beat registers.
