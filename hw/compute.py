@@ -25,11 +25,12 @@ class ComputeUnit(wiring.Component):
       ``dw_taps - 1`` more for a ``depthwise`` COMPUTE, whose last results need the lines
       after them; those extra lines produce no result); a SYNC occupies S for one cycle.
       With ``reduce`` every row's result goes to ``acc_addr`` and the rows after the first
-      accumulate (sum or maximum): the accumulator port is transparent, so a row reads the
-      value the row before it writes on the same edge.
+      accumulate (sum or maximum): a row sees the value the row before it writes (the
+      accumulator port is transparent, and the line read is bypassed by the write one edge
+      after it).
     * Results are written to the accumulator memory ``result`` cycles after each read
-      (read-modify-write through a transparent port); an instruction completes, and pushes
-      its tokens, on the edge its last result is written.
+      (read-modify-write, the line read registered before the add); an instruction
+      completes, and pushes its tokens, on the edge its last result is written.
     """
 
     def __init__(self, cfg):
@@ -210,26 +211,36 @@ class ComputeUnit(wiring.Component):
         ]
         for k in range(D):
             m.d.sync += [stages[k + 1][n].eq(stages[k][n]) for n, _ in meta_layout]
-        # Stage D: the array's result for the row read D cycles ago is scaled (``mul_m1 + 1``)
-        # into a register while its accumulator line is read; stage D + 1 writes
-        # ``scaled``, ``old + scaled`` or ``max(old, scaled)``.
-        scl, rd, wr = stages[D - 1], stages[D - 1], stages[D]
+        # Stage D - 2: the array's result for the row read D - 2 cycles ago and its factor
+        # ``mul_m1 + 1`` are registered while its accumulator line is read; stage D - 1: the
+        # product is registered, and so is the line read (or, when the row in stage D writes
+        # the same line on this edge, the value it writes: the read missed it); stage D
+        # writes ``scaled``, ``old + scaled`` or ``max(old, scaled)``. No memory output or
+        # multiplier drives the write data combinationally.
+        scl, rd, cur, wr = stages[D - 2], stages[D - 2], stages[D - 1], stages[D]
         aw = cfg.acc_bits
+        p_in = [Signal.like(array.p[j], name=f"p_in{j}") for j in range(C)]
+        mul_in = Signal(9)
         scaled = [Signal(signed(aw), name=f"scaled{j}") for j in range(C)]
+        old_q = [Signal(signed(aw), name=f"old_q{j}") for j in range(C)]
+        m.d.sync += mul_in.eq(scl["mul"] + 1)
         for j in range(C):
-            m.d.sync += scaled[j].eq(array.p[j] * (scl["mul"] + 1))
+            m.d.sync += [p_in[j].eq(array.p[j]), scaled[j].eq(p_in[j] * mul_in)]
         m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
         m.d.comb += [self.acc_wr_en.eq(wr["valid"]), self.acc_wr_addr.eq(wr["addr"])]
+        forward = Signal()
+        m.d.comb += forward.eq(wr["valid"] & (wr["addr"] == cur["addr"]))
         for j in range(C):
-            old = self.acc_rd_data[j * aw:(j + 1) * aw].as_signed()
             new = Signal(signed(aw), name=f"new{j}")
             with m.If(~wr["accum"]):
                 m.d.comb += new.eq(scaled[j])
             with m.Elif(wr["max"]):
-                m.d.comb += new.eq(Mux(old > scaled[j], old, scaled[j]))
+                m.d.comb += new.eq(Mux(old_q[j] > scaled[j], old_q[j], scaled[j]))
             with m.Else():
-                m.d.comb += new.eq(old + scaled[j])
+                m.d.comb += new.eq(old_q[j] + scaled[j])
             m.d.comb += self.acc_wr_data[j * aw:(j + 1) * aw].eq(new)
+            m.d.sync += old_q[j].eq(Mux(forward, new,
+                                        self.acc_rd_data[j * aw:(j + 1) * aw].as_signed()))
         m.d.comb += [self.tok_prev.give.eq(wr["pprev"]), self.tok_next.give.eq(wr["pnext"])]
 
         inflight = Signal()

@@ -10,8 +10,10 @@ __all__ = ["LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "STORE_INFLIGHT", "STO
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
 FEED = 2
-#: Cycles of the scaling register between the array output and the accumulator write.
-SCALE = 1
+#: Cycles from the array output to the accumulator write: the array output and the factor
+#: are registered (the accumulator line is read alongside), then the product (and the line
+#: read); the write follows.
+SCALE = 2
 #: Register stages of the store unit from an accumulator read to the requantized line (read,
 #: memory output, ``+ bias``, partial products, ``* mult``, rounding add, shift, clamp). A
 #: STORE started at edge ``S`` offers its last W beat at edge
