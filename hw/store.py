@@ -4,7 +4,7 @@ from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from lowbit import isa
 from lowbit.isa import Opcode
@@ -79,8 +79,11 @@ class StoreUnit(wiring.Component):
         prm_load = Signal()         # the parameter line is on prm_data: register it
         sync_st = Signal()          # a SYNC gives its token on this cycle
         outstanding = Signal(range(N + 1))   # STOREs started and not completed
-        aw_issued = Signal(16)      # AW bursts issued, ever (wraps)
-        b_seen = Signal(16)         # B responses received, ever (wraps)
+        # Bursts issued and responses received, ever, modulo 2^CW: a STORE has fewer than
+        # 2^21 bursts (aw_left), so fewer than 2^CW are ever outstanding.
+        CW = 21 + ceil_log2(N) + 1
+        aw_issued = Signal(CW)
+        b_seen = Signal(CW)
 
         m.d.comb += [
             axi.awsize.eq(exact_log2(B)), axi.awburst.eq(BURST_INCR),
@@ -93,10 +96,10 @@ class StoreUnit(wiring.Component):
         # -- completion: one entry per STORE whose data went out, oldest first ------------
         # An entry holds the value of ``aw_issued`` after the STORE's last burst; the STORE
         # completes on the B response that brings ``b_seen`` to it.
-        m.submodules.done_q = done_q = SyncFIFO(width=17, depth=N)
+        m.submodules.done_q = done_q = SyncFIFO(width=CW + 1, depth=N)
         complete = Signal()
         m.d.comb += [
-            complete.eq(done_q.r_rdy & b_fire & ((b_seen + 1)[:16] == done_q.r_data[:16])),
+            complete.eq(done_q.r_rdy & b_fire & ((b_seen + 1)[:CW] == done_q.r_data[:CW])),
             done_q.r_en.eq(complete),
         ]
         m.d.sync += b_seen.eq(b_seen + b_fire)
@@ -118,7 +121,7 @@ class StoreUnit(wiring.Component):
         m.d.comb += [self.instr.ready.eq(start), self.tok_prev.take.eq(start & pop)]
         m.d.sync += [prm_load.eq(0), sync_st.eq(0)]
         m.d.comb += self.tok_prev.give.eq(Mux(sync_st, push_prev,
-                                              complete & done_q.r_data[16]))
+                                              complete & done_q.r_data[CW]))
         m.d.sync += outstanding.eq(outstanding + (start & is_store) - complete)
         m.d.comb += self.busy.eq(sync_st | (outstanding != 0))
         with m.If(start):
