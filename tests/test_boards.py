@@ -230,19 +230,28 @@ def test_dsp_plan():
     # 4 x 2 (store) + 4 x 2 (compute) + 16 PEs = 32 MULT18X18D.
     assert _plan_dsps(ecp5, RTLIL, "auto").mode == "all"
     assert _plan_dsps(ecp5, RTLIL, "auto", 32).estimate == 32
-    plan = _plan_dsps(ecp5, RTLIL, "auto", 25)
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 24)
     assert (plan.mode, plan.pe_rows, plan.rows, plan.estimate) == ("partial", 2, 4, 24)
     assert plan.modules[:2] == ["t.accel.store", "t.accel.compute"]
     assert plan.modules[2:] == [f"t.accel.compute.array.pe_{i}_{j}" for i in (0, 1)
                                 for j in range(4)]
     assert plan.describe() == "partial: units and 2 of 4 PE rows"
     assert plan.soft == [f"t.accel.compute.array.pe_{i}_{j}" for i in (2, 3) for j in range(4)]
-    fewer = _drop_pe_rows(plan, 3, cols=4)
-    assert (fewer.pe_rows, fewer.estimate, len(fewer.modules)) == (1, 20, 6)
+    # DSPs left after the whole rows go to single PEs of the next row.
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 26)
+    assert (plan.pe_rows, plan.pe_extra, plan.estimate) == (2, 2, 26)
+    assert plan.modules[-2:] == ["t.accel.compute.array.pe_2_0", "t.accel.compute.array.pe_2_1"]
+    assert plan.describe() == "partial: units and 2 of 4 PE rows + 2 PEs"
+    assert len(plan.soft) == 6 and "t.accel.compute.array.pe_2_2" in plan.soft
+    fewer = _drop_pe_rows(plan, 5, cols=4)       # the 2 single PEs, then one row
+    assert (fewer.pe_rows, fewer.pe_extra, fewer.estimate, len(fewer.modules)) == (1, 0, 20, 6)
     assert len(fewer.soft) == 12 and "t.accel.compute.array.pe_1_0" in fewer.soft
-    # The compute unit's 8 do not fit next to the store's 8; the first PE row does.
+    assert "t.accel.compute.array.pe_2_0" in fewer.soft
+    # The compute unit's 8 do not fit next to the store's 8; the first PE row does, and
+    # three PEs of the second.
     assert _plan_dsps(ecp5, RTLIL, "auto", 15).modules == \
-        ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)]
+        ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)] \
+        + [f"t.accel.compute.array.pe_1_{j}" for j in range(3)]
     assert _plan_dsps(ecp5, RTLIL, "off").mode == "none"
     assert _plan_dsps(ecp5, RTLIL, "on", 0).mode == "all"
     assert _plan_dsps(ice40, RTLIL, "auto").mode == "none"     # no partial mapping on iCE40
