@@ -477,22 +477,22 @@ def _synth_script(board: Board, plan: DspPlan) -> str:
     """The yosys script: Amaranth's flow (read RTLIL, synth_<family>, write JSON) plus the
     DSP choice and a ``stat -json`` for the fit check.
 
-    Multipliers that get no DSP are turned into logic first, while the design is still
-    hierarchical: narrow ones (the PEs') with :data:`SOFTMUL`, partial products summed on
-    carry chains, which is half the LUTs of what ``synth_ecp5`` makes of ``p + a * w``;
-    wider ones with yosys' generic map. The standard flow then maps every multiplier left to
-    a DSP block."""
+    On ECP5, multipliers that get no DSP are turned into logic first, while the design is
+    still hierarchical: narrow ones (the PEs') with :data:`SOFTMUL`, partial products summed
+    on carry chains, about half the LUTs of what ``synth_ecp5`` makes of ``p + a * w``; in a
+    partial plan the wider ones with yosys' generic map. The standard flow then maps every
+    multiplier left to a DSP block."""
     fam = board.family
     lines = [f"# lowbit build: synthesis of {NAME} for {board.part}, DSPs: {plan.describe()}",
              f"read_rtlil {NAME}.il"]
-    soft = None
     if plan.mode == "partial":
         soft = " ".join(f"{m}/t:$mul" for m in plan.soft)
-    elif plan.mode == "none" and fam == "ecp5":
-        soft = "t:$mul"
-    if soft is not None:
         lines += [f"hierarchy -top {NAME}", "proc", f"wreduce {soft}",
                   f"techmap -map {SOFTMUL.name} {soft}", f"techmap -map +/techmap.v {soft}"]
+    elif plan.mode == "none" and fam == "ecp5":
+        # Narrow multipliers only; the wide ones take synth_ecp5's own path, as before.
+        lines += [f"hierarchy -top {NAME}", "proc", "wreduce t:$mul",
+                  f"techmap -map {SOFTMUL.name} t:$mul"]
     if plan.mode == "partial":
         lines.append(f"synth_{fam} -top {NAME}")
     elif fam == "ice40":

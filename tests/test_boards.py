@@ -28,6 +28,7 @@ from lowbit.boards import (
     render_table,
 )
 from lowbit.boards.build import (
+    SOFTMUL,
     _critical_path,
     _critical_sources,
     _drop_pe_rows,
@@ -465,3 +466,32 @@ def test_cli_build_reports_cached_build(yowasp, out, capsys):
 def test_precheck_lets_small_configs_through():
     for board in list_boards():
         assert precheck_usage(TINY, board, "accel").overflows(board) == []
+
+
+# -- the LUT multiplier map ----------------------------------------------------------------
+
+@pytest.mark.parametrize("signed,a,b,y", [
+    (1, 9, 4, 13),     # the W4 PE
+    (1, 9, 8, 17),     # the W8 PE
+    (1, 9, 2, 11),
+    (1, 9, 3, 12),
+    (0, 5, 3, 8),      # unsigned
+    (1, 4, 9, 13),     # narrow operand on A
+    (1, 9, 4, 32),     # sign-extended product
+    (1, 9, 4, 8),      # truncated product
+])
+def test_softmul_is_exact(yowasp, tmp_path, signed, a, b, y):
+    """boards/softmul.v computes what $mul computes: a SAT proof over all inputs."""
+    sg = "signed " if signed else ""
+    (tmp_path / "m.v").write_text(f"module m(input {sg}[{a - 1}:0] a, input {sg}[{b - 1}:0] b, "
+                                  f"output [{y - 1}:0] y); assign y = a * b; endmodule\n")
+    (tmp_path / SOFTMUL.name).write_bytes(SOFTMUL.read_bytes())
+    (tmp_path / "eq.ys").write_text(
+        "read_verilog m.v\nrename m gold\nread_verilog m.v\nrename m gate\nproc\n"
+        f"techmap -map {SOFTMUL.name} gate/t:$mul\nselect -assert-none gate/t:$mul\n"
+        "select -assert-min 1 gate/t:$alu\ntechmap\nopt -fast\n"
+        "miter -equiv -flatten -make_assert gold gate miter\n"
+        "sat -verify -prove-asserts -set-init-zero miter\n")
+    proc = subprocess.run([tool_path("yosys"), "-q", "eq.ys"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
