@@ -20,8 +20,8 @@ precision and a bus of ``max(32, 8 * rows)`` bits. Each line::
 when the report comes from the cache (``cached``). Progress goes to standard error.
 
 Usage: ``python benchmarks/resources.py [--out DIR] [--sizes 4 8 16] [--boards ulx3s-85f]
-[--tops accel array] [--precisions W4A8 W8A8] [--force]``. The 16x16 ECP5 builds take many
-minutes each (nextpnr is single-threaded): run them in the background.
+[--tops accel array] [--precisions W4A8 W8A8] [--dsp-budget N] [--force]``. The 16x16
+ECP5 builds take many minutes each (nextpnr is single-threaded): run them in the background.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import re
 import sys
 import time
 
-from lowbit.boards import BuildError, build
+from lowbit.boards import BuildError, build, get_board
 from lowbit.config import AccelConfig
 
 #: (board, top, precisions) in run order.
@@ -99,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tops", nargs="+", default=None, metavar="TOP")
     parser.add_argument("--precisions", nargs="+", type=parse_precision, default=None,
                         metavar="WxAy", help="override each board's precisions")
+    parser.add_argument("--dsp-budget", type=int, default=None, metavar="N",
+                        help="cap the DSP blocks of every build (default: the device's)")
     parser.add_argument("--force", action="store_true", help="rebuild cached builds")
     args = parser.parse_args(argv)
+
+    def budget(board):
+        if args.dsp_budget is None:
+            return None
+        return min(args.dsp_budget, get_board(board).resources.dsps)
 
     for board, top, precisions in PLAN:
         if args.boards and board not in args.boards or args.tops and top not in args.tops:
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 try:
                     report, error = build(board, cfg, out_dir=args.out, top=top,
-                                          force=args.force, progress=log), None
+                                          dsp_budget=budget(board), force=args.force,
+                                          progress=log), None
                 except BuildError as exc:
                     report, error = exc.report, exc
                 line = row(board, top, cfg, report, error)

@@ -137,7 +137,8 @@ def _source_digest() -> str:
     here = Path(__file__).parent
     files = [Path(lowbit.__file__).parent / n for n in ("config.py", "isa.py")]
     files += sorted(Path(lowbit.hw.__file__).parent.glob("*.py"))
-    files += [here / n for n in ("build.py", "pynq_z2.py", "targets.py", "wrapper.py")]
+    files += [here / n for n in ("build.py", "pynq_z2.py", "targets.py", "wrapper.py",
+                                 "softmul.v")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -185,11 +186,13 @@ class DspPlan:
     rows: int = 0
     estimate: int = 0
     soft: list[str] = field(default_factory=list)
+    pe_extra: int = 0       # PEs of the next row that still got a DSP
 
     def describe(self) -> str:
         if self.mode != "partial":
             return self.mode
-        return f"partial: units and {self.pe_rows} of {self.rows} PE rows"
+        extra = f" + {self.pe_extra} PEs" if self.pe_extra else ""
+        return f"partial: units and {self.pe_rows} of {self.rows} PE rows{extra}"
 
 
 def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) -> DspPlan:
@@ -219,21 +222,35 @@ def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) 
         if used + costs[module] <= budget:
             chosen.append(module)
             used += costs[module]
-    n_rows = 0
+    n_rows, extra = 0, 0
     for r in sorted(rows):
         cost = sum(costs[mod] for mod in rows[r])
         if used + cost > budget:
+            # The DSPs left over go to single PEs of this row, from column 0.
+            for module in sorted(rows[r], key=_pe_column):
+                if used + costs[module] > budget:
+                    break
+                chosen.append(module)
+                used, extra = used + costs[module], extra + 1
             break
         chosen += sorted(rows[r])
         used, n_rows = used + cost, n_rows + 1
     if not chosen:
         return DspPlan("none", [], estimate=0)
     soft = [m for m in costs if m not in chosen]
-    return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used, soft=soft)
+    return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used, soft=soft,
+                   pe_extra=extra)
+
+
+def _pe_column(module: str) -> int:
+    m = _PE_MODULE.search(module)
+    return int(m.group(2)) if m else 0
 
 
 def _drop_pe_rows(plan: DspPlan, excess: int, cols: int) -> DspPlan:
-    """``plan`` with enough of its last PE rows moved to LUTs to free ``excess`` DSPs."""
+    """``plan`` with its single PEs and enough of its last PE rows moved to LUTs to free
+    ``excess`` DSPs."""
+    excess = max(0, excess - plan.pe_extra)
     drop = min(plan.pe_rows, -(-excess // max(cols, 1)))
     keep_rows = plan.pe_rows - drop
 
@@ -241,7 +258,7 @@ def _drop_pe_rows(plan: DspPlan, excess: int, cols: int) -> DspPlan:
         m = _PE_MODULE.search(module)
         return m is not None and int(m.group(1)) >= keep_rows
     return DspPlan("partial", [m for m in plan.modules if not dropped(m)], pe_rows=keep_rows,
-                   rows=plan.rows, estimate=plan.estimate - drop * cols,
+                   rows=plan.rows, estimate=plan.estimate - drop * cols - plan.pe_extra,
                    soft=plan.soft + [m for m in plan.modules if dropped(m)])
 
 
@@ -452,19 +469,32 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
                           timeout, say, t_start)
 
 
+#: yosys techmap for the LUT-built narrow multipliers (see the file).
+SOFTMUL = Path(__file__).with_name("softmul.v")
+
+
 def _synth_script(board: Board, plan: DspPlan) -> str:
     """The yosys script: Amaranth's flow (read RTLIL, synth_<family>, write JSON) plus the
-    DSP choice and a ``stat -json`` for the fit check."""
+    DSP choice and a ``stat -json`` for the fit check.
+
+    On ECP5, multipliers that get no DSP are turned into logic first, while the design is
+    still hierarchical: narrow ones (the PEs') with :data:`SOFTMUL`, partial products summed
+    on carry chains, about half the LUTs of what ``synth_ecp5`` makes of ``p + a * w``; in a
+    partial plan the wider ones with yosys' generic map. The standard flow then maps every
+    multiplier left to a DSP block."""
     fam = board.family
     lines = [f"# lowbit build: synthesis of {NAME} for {board.part}, DSPs: {plan.describe()}",
              f"read_rtlil {NAME}.il"]
     if plan.mode == "partial":
-        # Turn the multipliers that get no DSP into gates while the design is still
-        # hierarchical (one module per PE), then run the standard flow, which maps every
-        # multiplier left to a DSP block.
         soft = " ".join(f"{m}/t:$mul" for m in plan.soft)
         lines += [f"hierarchy -top {NAME}", "proc", f"wreduce {soft}",
-                  f"techmap -map +/techmap.v {soft}", f"synth_{fam} -top {NAME}"]
+                  f"techmap -map {SOFTMUL.name} {soft}", f"techmap -map +/techmap.v {soft}"]
+    elif plan.mode == "none" and fam == "ecp5":
+        # Narrow multipliers only; the wide ones take synth_ecp5's own path, as before.
+        lines += [f"hierarchy -top {NAME}", "proc", "wreduce t:$mul",
+                  f"techmap -map {SOFTMUL.name} t:$mul"]
+    if plan.mode == "partial":
+        lines.append(f"synth_{fam} -top {NAME}")
     elif fam == "ice40":
         lines.append(f"synth_ice40 {'-dsp ' if plan.mode == 'all' else ''}-top {NAME}")
     else:
@@ -475,6 +505,7 @@ def _synth_script(board: Board, plan: DspPlan) -> str:
 
 def _synthesize(board: Board, bdir: Path, plan: DspPlan, timeout, say) -> Usage:
     (bdir / "synth.ys").write_text(_synth_script(board, plan))
+    shutil.copyfile(SOFTMUL, bdir / SOFTMUL.name)     # yosys (WASI) sees the build folder only
     say(f"{board.name}: yosys synth_{board.family} (DSPs: {plan.describe()})")
     if _run("yosys", ["-q", "-l", f"{NAME}.rpt", "synth.ys"], cwd=bdir,
             log="yosys.log", timeout=timeout) != 0:

@@ -1,7 +1,7 @@
 """Instruction fetch over AXI4 and in-order dispatch to the unit queues."""
 
-from amaranth import Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -21,6 +21,9 @@ class Frontend(wiring.Component):
     instruction per cycle into its unit's queue (``valid`` held while the queue is full).
     END (or an unknown opcode, which also sets ``error``) waits until every unit is idle
     and then pulses ``done``. ``PROG_ADDR`` must be aligned to ``fetch_burst * 16`` bytes.
+
+    The burst buffer is a small memory with an asynchronous read port (LUT RAM on FPGAs)
+    rather than ``fetch_burst * 128`` flip-flops and a wide read multiplexer.
     """
 
     def __init__(self, cfg):
@@ -40,7 +43,6 @@ class Frontend(wiring.Component):
         cfg = self.cfg
         W, FB = cfg.bus_bits, cfg.fetch_burst
         IB = isa.INSTR_BITS
-        buf = Signal(max(FB * IB, W))
         pc = Signal(32)
         left = Signal(32)
         n = Signal(range(FB + 1))
@@ -50,7 +52,31 @@ class Frontend(wiring.Component):
         m.d.comb += [imem.arsize.eq(exact_log2(W // 8)), imem.arburst.eq(BURST_INCR),
                      imem.rready.eq(1)]
 
-        cur = buf.word_select(idx[:exact_log2(FB)] if FB > 1 else 0, IB)
+        # The burst buffer: words of max(W, IB) bits; a beat fills part of a word (W < IB)
+        # or a word holds several instructions (W > IB).
+        word = max(W, IB)
+        depth = max(2, FB * IB // word)     # no zero-width address
+        m.submodules.buf = buf = memory.Memory(shape=unsigned(word), depth=depth, init=[])
+        beat_wr = Signal()
+        wlanes = word // W
+        if wlanes > 1:
+            wp = buf.write_port(granularity=W)
+            lane = beat[:exact_log2(wlanes)]
+            m.d.comb += [wp.addr.eq(beat[exact_log2(wlanes):]),
+                         wp.data.eq(imem.rdata.replicate(wlanes)),
+                         wp.en.eq(beat_wr << lane)]
+        else:
+            wp = buf.write_port()
+            m.d.comb += [wp.addr.eq(beat), wp.data.eq(imem.rdata), wp.en.eq(beat_wr)]
+        rp = buf.read_port(domain="comb")
+        ilanes = word // IB
+        i = idx[:exact_log2(FB)] if FB > 1 else 0
+        if ilanes > 1:
+            m.d.comb += rp.addr.eq(i >> exact_log2(ilanes))
+            cur = rp.data.word_select(i[:exact_log2(ilanes)] if FB > 1 else 0, IB)
+        else:
+            m.d.comb += rp.addr.eq(i)
+            cur = rp.data
         op = opcode_of(cur)
         sync_unit = field(cur, Opcode.SYNC, "unit")
         queues = {Unit.LOAD: self.q_load, Unit.COMPUTE: self.q_compute,
@@ -81,7 +107,8 @@ class Frontend(wiring.Component):
                     m.next = "RECV"
             with m.State("RECV"):
                 with m.If(imem.rvalid):
-                    m.d.sync += [buf.word_select(beat, W).eq(imem.rdata), beat.eq(beat + 1)]
+                    m.d.comb += beat_wr.eq(1)
+                    m.d.sync += beat.eq(beat + 1)
                     with m.If(imem.rlast):
                         m.d.sync += idx.eq(0)
                         m.next = "DISPATCH"

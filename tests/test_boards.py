@@ -28,6 +28,7 @@ from lowbit.boards import (
     render_table,
 )
 from lowbit.boards.build import (
+    SOFTMUL,
     _critical_path,
     _critical_sources,
     _drop_pe_rows,
@@ -230,19 +231,28 @@ def test_dsp_plan():
     # 4 x 2 (store) + 4 x 2 (compute) + 16 PEs = 32 MULT18X18D.
     assert _plan_dsps(ecp5, RTLIL, "auto").mode == "all"
     assert _plan_dsps(ecp5, RTLIL, "auto", 32).estimate == 32
-    plan = _plan_dsps(ecp5, RTLIL, "auto", 25)
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 24)
     assert (plan.mode, plan.pe_rows, plan.rows, plan.estimate) == ("partial", 2, 4, 24)
     assert plan.modules[:2] == ["t.accel.store", "t.accel.compute"]
     assert plan.modules[2:] == [f"t.accel.compute.array.pe_{i}_{j}" for i in (0, 1)
                                 for j in range(4)]
     assert plan.describe() == "partial: units and 2 of 4 PE rows"
     assert plan.soft == [f"t.accel.compute.array.pe_{i}_{j}" for i in (2, 3) for j in range(4)]
-    fewer = _drop_pe_rows(plan, 3, cols=4)
-    assert (fewer.pe_rows, fewer.estimate, len(fewer.modules)) == (1, 20, 6)
+    # DSPs left after the whole rows go to single PEs of the next row.
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 26)
+    assert (plan.pe_rows, plan.pe_extra, plan.estimate) == (2, 2, 26)
+    assert plan.modules[-2:] == ["t.accel.compute.array.pe_2_0", "t.accel.compute.array.pe_2_1"]
+    assert plan.describe() == "partial: units and 2 of 4 PE rows + 2 PEs"
+    assert len(plan.soft) == 6 and "t.accel.compute.array.pe_2_2" in plan.soft
+    fewer = _drop_pe_rows(plan, 5, cols=4)       # the 2 single PEs, then one row
+    assert (fewer.pe_rows, fewer.pe_extra, fewer.estimate, len(fewer.modules)) == (1, 0, 20, 6)
     assert len(fewer.soft) == 12 and "t.accel.compute.array.pe_1_0" in fewer.soft
-    # The compute unit's 8 do not fit next to the store's 8; the first PE row does.
+    assert "t.accel.compute.array.pe_2_0" in fewer.soft
+    # The compute unit's 8 do not fit next to the store's 8; the first PE row does, and
+    # three PEs of the second.
     assert _plan_dsps(ecp5, RTLIL, "auto", 15).modules == \
-        ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)]
+        ["t.accel.store"] + [f"t.accel.compute.array.pe_0_{j}" for j in range(4)] \
+        + [f"t.accel.compute.array.pe_1_{j}" for j in range(3)]
     assert _plan_dsps(ecp5, RTLIL, "off").mode == "none"
     assert _plan_dsps(ecp5, RTLIL, "on", 0).mode == "all"
     assert _plan_dsps(ice40, RTLIL, "auto").mode == "none"     # no partial mapping on iCE40
@@ -456,3 +466,32 @@ def test_cli_build_reports_cached_build(yowasp, out, capsys):
 def test_precheck_lets_small_configs_through():
     for board in list_boards():
         assert precheck_usage(TINY, board, "accel").overflows(board) == []
+
+
+# -- the LUT multiplier map ----------------------------------------------------------------
+
+@pytest.mark.parametrize("signed,a,b,y", [
+    (1, 9, 4, 13),     # the W4 PE
+    (1, 9, 8, 17),     # the W8 PE
+    (1, 9, 2, 11),
+    (1, 9, 3, 12),
+    (0, 5, 3, 8),      # unsigned
+    (1, 4, 9, 13),     # narrow operand on A
+    (1, 9, 4, 32),     # sign-extended product
+    (1, 9, 4, 8),      # truncated product
+])
+def test_softmul_is_exact(yowasp, tmp_path, signed, a, b, y):
+    """boards/softmul.v computes what $mul computes: a SAT proof over all inputs."""
+    sg = "signed " if signed else ""
+    (tmp_path / "m.v").write_text(f"module m(input {sg}[{a - 1}:0] a, input {sg}[{b - 1}:0] b, "
+                                  f"output [{y - 1}:0] y); assign y = a * b; endmodule\n")
+    (tmp_path / SOFTMUL.name).write_bytes(SOFTMUL.read_bytes())
+    (tmp_path / "eq.ys").write_text(
+        "read_verilog m.v\nrename m gold\nread_verilog m.v\nrename m gate\nproc\n"
+        f"techmap -map {SOFTMUL.name} gate/t:$mul\nselect -assert-none gate/t:$mul\n"
+        "select -assert-min 1 gate/t:$alu\ntechmap\nopt -fast\n"
+        "miter -equiv -flatten -make_assert gold gate miter\n"
+        "sat -verify -prove-asserts -set-init-zero miter\n")
+    proc = subprocess.run([tool_path("yosys"), "-q", "eq.ys"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
