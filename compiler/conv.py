@@ -218,7 +218,7 @@ def _depthwise_taps(cfg, op: Conv2D, dense: np.ndarray, nb: int):
                         tile = blk[ky, run[0]]
                     else:
                         for o, kx in enumerate(run):
-                            tile[:, R - 2 - o] = diag[ky, kx]
+                            tile[:, R - 1 - o] = diag[ky, kx]
                     taps.append(Tap(n=n, src=0, k=n, ky=ky, kx=run[0], tile=len(tiles),
                                     span=len(run)))
                     tiles.append(tile)

@@ -115,7 +115,7 @@ class Tap:
 
     ``span > 1`` is a depthwise row-mode tap (COMPUTE ``depthwise``): it covers kernel
     columns ``kx, kx + sx, .., kx + (span - 1) * sx`` of one channel per lane, tile column
-    ``cols - 2 - o`` holding column ``kx + o * sx``'s weights on its diagonal position."""
+    ``cols - 1 - o`` holding column ``kx + o * sx``'s weights on its diagonal position."""
 
     n: int
     src: int

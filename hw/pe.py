@@ -14,11 +14,12 @@ ACT_WIDTH = 9
 class PE(wiring.Component):
     """One multiply-accumulate cell with two weight banks.
 
-    Each cycle: ``p_out <= p_in + a_in * w[sel_in]`` (wrapping at ``psum_bits``),
-    ``a_out <= a_in``, ``sel_out <= sel_in``. Latency 1 on every path. ``prod`` is the
-    product ``a_in * w[sel_in]`` of this cycle (combinational, for the depthwise row sums).
-    ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock edge; the other bank keeps
-    serving.
+    Each cycle: ``prod <= a_in * w[sel_in]``, ``p_out <= p_in + prod`` (wrapping at
+    ``psum_bits``), ``a_out <= a_in``, ``sel_out <= sel_in``: latency 1 from ``p_in``,
+    ``a_in`` and ``sel_in`` to their outputs, 2 from ``a_in`` to ``p_out`` (the product is
+    registered, so no adder follows the multiplier in one cycle; a DSP block absorbs it as
+    its output register). ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock
+    edge; the other bank keeps serving.
     """
 
     def __init__(self, *, weight_bits: int, psum_bits: int):
@@ -35,7 +36,7 @@ class PE(wiring.Component):
         banks = Array(Signal(signed(self.weight_bits), name=f"w{b}") for b in range(2))
         with m.If(self.w_load):
             m.d.sync += banks[self.w_bank].eq(self.w_data)
-        m.d.comb += self.prod.eq(self.a_in * banks[self.sel_in])
+        m.d.sync += self.prod.eq(self.a_in * banks[self.sel_in])
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.sel_out.eq(self.sel_in),
@@ -48,15 +49,15 @@ class SystolicArray(wiring.Component):
     """``rows x cols`` weight-stationary array with input skew and output de-skew.
 
     Vector ``a`` (``rows`` lanes, element ``i`` multiplies weight row ``i``), its bank
-    select and its mode ``dw`` enter together; ``rows + cols - 1`` cycles later ``p`` holds
+    select and its mode ``dw`` enter together; ``rows + cols`` cycles later ``p`` holds
     its result, one vector per cycle, no back-pressure:
 
     * ``dw = 0`` (matrix): ``p[j] = sum_i a[i] * w[sel][i][j]``;
     * ``dw = 1`` (depthwise row mode, square arrays): ``p[i] = sum_{o < taps}
-      a_{+o}[i] * w[sel][i][cols - 2 - o]`` where ``a_{+o}`` is the vector that entered
-      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so PEs
-      ``cols - 2 - o`` hold ``taps`` consecutive vectors' lane ``i``; their products are
-      summed per row and replace the column sums at the de-skew input. The ``taps - 1``
+      a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}`` is the vector that entered
+      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so its last
+      ``taps`` PEs hold ``taps`` consecutive vectors' lane ``i``; their registered products
+      are summed per row and replace the column sums at the de-skew input. The ``taps - 1``
       vectors after the last one of a depthwise run must be streamed too (the compute unit
       does).
 
@@ -74,8 +75,8 @@ class SystolicArray(wiring.Component):
                  dw_taps: int):
         if rows != cols:
             raise ValueError(f"the depthwise row mode needs a square array, not {rows}x{cols}")
-        if not 1 <= dw_taps <= cols - 1:
-            raise ValueError(f"dw_taps must be from 1 to cols - 1 = {cols - 1}, not {dw_taps}")
+        if not 1 <= dw_taps <= cols:
+            raise ValueError(f"dw_taps must be from 1 to cols={cols}, not {dw_taps}")
         self.rows, self.cols = rows, cols
         self.weight_bits, self.acc_bits, self.dw_taps = weight_bits, acc_bits, dw_taps
         super().__init__({
@@ -86,7 +87,7 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return self.rows + self.cols - 1
+        return self.rows + self.cols
 
     @property
     def drain(self) -> int:
@@ -123,30 +124,24 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
-        # Depthwise row sums: PEs (i, cols - 2 - o), o < T, hold lane i of T consecutive
-        # vectors one cycle before the row's last PE would; their products are registered,
-        # then summed into a register, so the sum for vector t is ready when column i's sum
-        # for t would be (t + rows + i) and enters column i's de-skew chain in its place.
-        # (Two register stages: no adder follows a multiplier in the same cycle.)
+        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors; their
+        # registered products are summed into a register, so the sum for vector t is ready
+        # when column i's sum for t would be (t + rows + i + 1) and enters column i's
+        # de-skew chain in its place.
         row_sum = []
         for i in range(R):
-            prods = []
-            for o in range(T):
-                pr = Signal(signed(ACT_WIDTH + wb), name=f"dw_prod{i}_{o}")
-                m.d.sync += pr.eq(pes[i][C - 2 - o].prod)
-                prods.append(pr)
             r = Signal(signed(pw), name=f"row_sum{i}")
-            m.d.sync += r.eq(sum(prods))
+            m.d.sync += r.eq(sum(pes[i][C - 1 - o].prod for o in range(T)))
             row_sum.append(r)
-        # The mode bit of vector t, delayed to t + rows + j for lane j.
+        # The mode bit of vector t, delayed to t + rows + j + 1 for lane j.
         dw_d = [self.dw]
-        for d in range(R + C - 1):
+        for d in range(R + C):
             s_d = Signal(name=f"dw_d{d + 1}")
             m.d.sync += s_d.eq(dw_d[-1])
             dw_d.append(s_d)
         for j in range(C):
             p = Signal(signed(pw), name=f"lane{j}")
-            m.d.comb += p.eq(Mux(dw_d[R + j], row_sum[j], pes[R - 1][j].p_out))
+            m.d.comb += p.eq(Mux(dw_d[R + j + 1], row_sum[j], pes[R - 1][j].p_out))
             for d in range(C - 1 - j):
                 p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
                 m.d.sync += p_d.eq(p)

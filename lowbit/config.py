@@ -30,7 +30,7 @@ __all__ = [
 SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)
 
 #: Kernel columns the array's depthwise row mode combines in one pass (3x3 depthwise
-#: kernels: one pass per kernel row). Arrays narrower than this + 1 use ``cols - 1``.
+#: kernels: one pass per kernel row). Arrays narrower than this use all their columns.
 DW_TAPS = 3
 
 
@@ -147,10 +147,9 @@ class AccelConfig:
     @property
     def dw_taps(self) -> int:
         """Consecutive activation lines a ``depthwise`` COMPUTE combines per result line:
-        lane ``i`` of result ``m`` is ``sum(line[m + o][i] * tile[i][cols - 2 - o])`` for
-        ``o < dw_taps`` (the row mode reads PE columns ``cols - 2`` down to
-        ``cols - 1 - dw_taps``: one column before the last, for a pipelined row sum)."""
-        return min(DW_TAPS, self.cols - 1)
+        lane ``i`` of result ``m`` is ``sum(line[m + o][i] * tile[i][cols - 1 - o])`` for
+        ``o < dw_taps`` (the row mode reads the last ``dw_taps`` PE columns)."""
+        return min(DW_TAPS, self.cols)
 
     @property
     def pes(self) -> int:

@@ -27,7 +27,7 @@ def compute_timing(cfg) -> dict:
     """``feed``: activation read -> array input. ``result``: activation read -> its
     accumulator write (the instruction's completion). ``bank_wait``: last read of a tile ->
     the edge after which its weight bank may be rewritten."""
-    latency = cfg.rows + cfg.cols - 1          # SystolicArray.latency
+    latency = cfg.rows + cfg.cols              # SystolicArray.latency
     return {"feed": FEED, "result": FEED + latency + SCALE,
             "bank_wait": FEED + cfg.rows + cfg.cols - 2}
 

@@ -99,8 +99,8 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
                 w = tiles[key] = layout.unpack_weight_tile(cfg, key).astype(np.float64)
             if ins.depthwise:
                 # row mode: lane i of result m sums lane i of lines m .. m + dw_taps - 1
-                # against row i's last dw_taps weights (column cols - 2 - o for line m + o)
-                r = sum(a[o:o + rows] * w[:, C - 2 - o][None, :]
+                # against row i's last dw_taps weights (column cols - 1 - o for line m + o)
+                r = sum(a[o:o + rows] * w[:, C - 1 - o][None, :]
                         for o in range(cfg.dw_taps)).astype(np.int64)
             else:
                 r = (a @ w).astype(np.int64)

@@ -49,7 +49,7 @@ def _program(cfg, rng, m, steps):
     for accumulate, acc_max, mul_m1, half, dw in steps:
         a0 = half * m
         if dw:   # lane i of line m sums lane i of lines m .. m+T-1, weights from the right
-            prod = sum(acts[a0 + o:a0 + o + m] * tile[:, R - 2 - o][None, :] for o in range(T))
+            prod = sum(acts[a0 + o:a0 + o + m] * tile[:, R - 1 - o][None, :] for o in range(T))
         else:
             prod = acts[a0:a0 + m] @ tile
         r = layout.wrap(prod * (mul_m1 + 1), 32)

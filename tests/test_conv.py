@@ -201,7 +201,7 @@ def test_stacked_convs_with_several_output_tiles():
 
 def test_depthwise_uses_the_row_mode_and_reports_utilization():
     """A 3x3 depthwise layer is one row-mode tap per (channel block, kernel row): lane i's
-    weights for kernel column o sit at tile position (i, cols - 2 - o), nowhere else."""
+    weights for kernel column o sit at tile position (i, cols - 1 - o), nowhere else."""
     cfg = PRESETS["8x8"]
     rng = np.random.default_rng(0)
     x = _image(rng, (6, 6, 16))
@@ -219,7 +219,7 @@ def test_depthwise_uses_the_row_mode_and_reports_utilization():
         assert tp.span == 3 and tp.kx == 0
         want = np.zeros((8, 8), np.int64)
         for o in range(3):
-            want[:, 6 - o] = w[tp.ky, o, tp.n * 8:(tp.n + 1) * 8]
+            want[:, 7 - o] = w[tp.ky, o, tp.n * 8:(tp.n + 1) * 8]
         assert np.array_equal(t, want)
     prog, res = _execute(g, cfg, {"x": x})
     computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE]

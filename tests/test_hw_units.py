@@ -39,6 +39,7 @@ def test_pe_matches_model(wb):
     banks = [0, 0]
 
     async def tb(ctx):
+        prod = 0
         for _ in range(300):
             a = int(rng.integers(-256, 256))
             sel = int(rng.integers(0, 2))
@@ -49,12 +50,13 @@ def test_pe_matches_model(wb):
             for sig, v in ((dut.a_in, a), (dut.sel_in, sel), (dut.p_in, p),
                            (dut.w_load, load), (dut.w_bank, bank), (dut.w_data, w)):
                 ctx.set(sig, v)
-            expect = _wrap(p + a * banks[sel], acc_bits)
-            assert ctx.get(dut.prod) == a * banks[sel]
+            # p_out adds the product registered on the previous edge
+            expect = _wrap(p + prod, acc_bits)
+            prod = a * banks[sel]
             await ctx.tick()
             if load:
                 banks[bank] = w
-            assert ctx.get(dut.p_out) == expect
+            assert ctx.get(dut.p_out) == expect and ctx.get(dut.prod) == prod
             assert ctx.get(dut.a_out) == a and ctx.get(dut.sel_out) == sel
 
     _run(dut, tb)
@@ -71,7 +73,7 @@ def _tile_bits(w, wb):
 def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     """Random vectors alternate banks and modes (matrix / depthwise row mode); bank 0 is
     reloaded at the earliest allowed edge. Expected values come from numpy per vector."""
-    taps = min(3, n - 1)
+    taps = min(3, n)
     dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc, dw_taps=taps)
     rng = np.random.default_rng(n + acc)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
@@ -120,7 +122,7 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     for t in range(total - taps + 1):
         if dws[t]:
             # each product uses the bank of the vector in that PE
-            want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 2 - o])
+            want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 1 - o])
                         for o in range(taps)) for i in range(n)]
         else:
             want = list(vecs[t] @ tile_of(t))
