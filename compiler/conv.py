@@ -468,7 +468,7 @@ def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
 def _dw_tail(cfg, ly: SpatialSpec) -> int:
     """Lines a depthwise row-mode COMPUTE reads after its rows (0 without such taps); the
     scratchpad keeps that many lines spare after the last slab."""
-    return cfg.dw_taps - 1 if any(t.span > 1 for t in ly.taps) else 0
+    return cfg.dw_tail if any(t.span > 1 for t in ly.taps) else 0
 
 
 def _splits(total: int, size: int) -> list[tuple[int, int]]:
@@ -826,7 +826,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                              note=f"{ly.name} t{ti} n{n} {ly.srcs[tp.src]}[{tp.k}] "
                                   f"tap {tp.ky},{tp.kx}" + (f" x{tp.span}" if dw else ""))
                 bld.computes.append((op, li))
-                bld.act_use[line:line + rows + (cfg.dw_taps - 1 if dw else 0)] = ci
+                bld.act_use[line:line + rows + cfg.dw_tail * dw] = ci
                 bld.w_use[word:word + wtb] = ci
             ci = len(bld.computes) - 1
             pgrp = n // pg

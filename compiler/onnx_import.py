@@ -204,6 +204,15 @@ def _node_err(node, what: str, supported: str) -> OnnxImportError:
     return OnnxImportError(f"node {name!r} ({node.op_type}): {what}; supported: {supported}")
 
 
+def _pool_window(node, attrs) -> tuple[tuple, tuple, tuple]:
+    """``(kernel, stride, (top, bottom, left, right) padding)`` of a pooling node."""
+    if "kernel_shape" not in attrs:
+        raise _node_err(node, "kernel_shape is missing", "a kernel_shape attribute")
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    return (tuple(attrs["kernel_shape"]), tuple(attrs.get("strides", [1, 1])),
+            (pads[0], pads[2], pads[1], pads[3]))
+
+
 def _ident(s: str) -> str:
     s = re.sub(r"[^0-9A-Za-z_]", "_", s)
     return s if s and not s[0].isdigit() else f"t_{s}"
@@ -870,11 +879,7 @@ class _Importer:
         if any(pads) and src.signed:
             raise _node_err(node, "padding a signed input (the hardware pads with zeros, "
                             "ONNX with -inf)", "padding on unsigned (post-ReLU) inputs only")
-        if "kernel_shape" not in attrs:
-            raise _node_err(node, "kernel_shape is missing", "a kernel_shape attribute")
-        k = tuple(attrs["kernel_shape"])
-        stride = tuple(attrs.get("strides", [1, 1]))
-        pad = (pads[0], pads[2], pads[1], pads[3])
+        k, stride, pad = _pool_window(node, attrs)
 
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.max_pool2d(x.t, k, stride=stride,
@@ -894,11 +899,7 @@ class _Importer:
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
             raise _node_err(node, "dilations", "dilations 1")
         x = self.real(node, node.input[0])
-        if "kernel_shape" not in attrs:
-            raise _node_err(node, "kernel_shape is missing", "a kernel_shape attribute")
-        k = tuple(attrs["kernel_shape"])
-        stride = tuple(attrs.get("strides", [1, 1]))
-        pad = (pads[0], pads[2], pads[1], pads[3])
+        k, stride, pad = _pool_window(node, attrs)
 
         def build(scale, bits, relu, signed, name):
             return self.emit(node, lambda: self.g.avg_pool2d(

@@ -60,7 +60,7 @@ class ComputeUnit(wiring.Component):
         m.submodules.array = array = SystolicArray(
             rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
             dw_taps=cfg.dw_taps)
-        tail = cfg.dw_taps - 1
+        tail = cfg.dw_tail
 
         # -- P stage ------------------------------------------------------------------------
         p_valid = Signal()

@@ -56,7 +56,7 @@ def check_program(prog) -> None:
         elif ins.opcode == Opcode.COMPUTE:
             if ins.rows < 1:
                 bad("rows must be at least 1")
-            lines = ins.rows + (cfg.dw_taps - 1 if ins.depthwise else 0)
+            lines = ins.rows + cfg.dw_tail * ins.depthwise
             if ins.act_addr + lines > cfg.act_depth:
                 bad(f"reads activation lines up to {ins.act_addr + lines - 1}, "
                     f"act_depth is {cfg.act_depth}")

@@ -152,6 +152,12 @@ class AccelConfig:
         return min(DW_TAPS, self.cols)
 
     @property
+    def dw_tail(self) -> int:
+        """Lines a ``depthwise`` COMPUTE reads after its ``rows`` (they complete the last
+        windows and produce no result): it reads ``rows + dw_tail`` lines."""
+        return self.dw_taps - 1
+
+    @property
     def pes(self) -> int:
         return self.rows * self.cols
 

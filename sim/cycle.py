@@ -223,7 +223,7 @@ def simulate_timing(program: Program, *, mem_latency: int,
             if not sync and len(last_rows) >= 2:
                 x = max(x, last_rows[-2] + tm.bank_wait + 1)
             rows = 1 if sync else ins.rows
-            tail = cfg.dw_taps - 1 if not sync and ins.depthwise else 0
+            tail = 0 if sync else cfg.dw_tail * ins.depthwise
             last = x + rows + tail
             busy = (x + 1, last)
             s_free = last

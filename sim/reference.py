@@ -88,7 +88,7 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
             counters["dram_read_bytes"] += rows * row_bytes
         elif op == Opcode.COMPUTE:
             rows, a0, c0, w0 = ins.rows, ins.act_addr, ins.acc_addr, ins.weight_addr
-            extra = cfg.dw_taps - 1 if ins.depthwise else 0
+            extra = cfg.dw_tail * ins.depthwise
             lines = act[a0 * R:(a0 + rows + extra) * R].reshape(rows + extra, R)
             # float64 products are exact here (|a| < 2^8, |w| < 2^7, K <= 64) and use BLAS.
             a = lines.astype(np.float64) if ins.act_unsigned \

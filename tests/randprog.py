@@ -65,7 +65,7 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
             rows = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
             dw = int(rng.random() < 0.3)
             red = int(rng.random() < 0.2)
-            lines = rows + (cfg.dw_taps - 1) * dw
+            lines = rows + cfg.dw_tail * dw
             instrs.append(isa.make(
                 Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - lines + 1)),
                 weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),

@@ -14,6 +14,35 @@ from lowbit.sim.reference import run_reference
 
 from amaranth_top import run_top
 
+Y_ADDR = 0x4000
+
+
+def _setup(cfg, acts, tile, shift):
+    """Segments (weight tile, identity requantization with ``shift``, activations) and the
+    three LOADs that bring them in, the last one pushing to compute."""
+    R = cfg.rows
+    w_addr, p_addr, a_addr = 0x1000, 0x2000, 0x3000
+    segments = [(w_addr, layout.pack_weight_tile(cfg, tile)),
+                (p_addr, layout.pack_params(np.zeros(R), np.ones(R), np.full(R, shift))),
+                (a_addr, layout.pack_act(cfg, acts))]
+    loads = [
+        isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
+                 row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
+        isa.make(Opcode.LOAD, target=LoadTarget.PARAM, rows=1,
+                 row_beats=cfg.param_line_bits // cfg.bus_bits, dram_addr=p_addr),
+        isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1,
+                 row_beats=len(acts) * R * 8 // cfg.bus_bits, dram_addr=a_addr, push_next=1),
+    ]
+    return segments, loads
+
+
+def _check(cfg, prog, want, latency):
+    """Reference and RTL (amaranth.sim) outputs equal ``want``; sim cycles equal RTL's."""
+    assert np.array_equal(run_reference(prog, {}).outputs["y"], want)
+    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=latency)
+    assert np.array_equal(prog.read_outputs(mem)["y"], want)
+    assert simulate_timing(prog, mem_latency=latency)[0] == rtl["cycles"]
+
 
 def _program(cfg, rng, m, steps):
     """act (2*m + 4, R) and one weight tile; COMPUTE steps (accumulate, acc_max, mul_m1,
@@ -23,27 +52,15 @@ def _program(cfg, rng, m, steps):
     wb = cfg.weight_bits
     acts = rng.integers(-128, 128, (2 * m + 4, R))
     tile = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (R, R))
-    w_addr, p_addr, a_addr, y_addr = 0x1000, 0x2000, 0x3000, 0x4000
-    params = layout.pack_params(np.zeros(R), np.ones(R), np.full(R, 8))
-    segments = [(w_addr, layout.pack_weight_tile(cfg, tile)), (p_addr, params),
-                (a_addr, layout.pack_act(cfg, acts))]
-    act_beats = (2 * m + 4) * R * 8 // cfg.bus_bits
-    instrs = [
-        isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
-                 row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
-        isa.make(Opcode.LOAD, target=LoadTarget.PARAM, rows=1,
-                 row_beats=cfg.param_line_bits // cfg.bus_bits, dram_addr=p_addr),
-        isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1, row_beats=act_beats,
-                 dram_addr=a_addr, push_next=1),
-    ]
+    segments, instrs = _setup(cfg, acts, tile, 8)
     for k, (accumulate, acc_max, mul_m1, half, dw) in enumerate(steps):
         instrs.append(isa.make(Opcode.COMPUTE, act_addr=half * m, rows=m, accumulate=accumulate,
                                acc_max=acc_max, mul_m1=mul_m1, depthwise=dw,
                                pop_prev=int(k == 0), push_next=int(k == len(steps) - 1)))
-    instrs += [isa.make(Opcode.STORE, rows=m, out_bits=8, dram_addr=y_addr, pop_prev=1),
+    instrs += [isa.make(Opcode.STORE, rows=m, out_bits=8, dram_addr=Y_ADDR, pop_prev=1),
                isa.make(Opcode.END)]
     prog = Program(config=cfg, instrs=instrs, segments=segments, inputs=[],
-                   outputs=[TensorRef(name="y", addr=y_addr, rows=m, cols=R)])
+                   outputs=[TensorRef(name="y", addr=Y_ADDR, rows=m, cols=R)])
     # Independent model.
     acc = None
     for accumulate, acc_max, mul_m1, half, dw in steps:
@@ -72,11 +89,7 @@ def test_scaled_and_max_accumulation(seed):
              (1, 0, int(rng.integers(0, 256)), 0, 0),
              (1, 1, 0, 1, 0)]
     prog, want = _program(cfg, rng, 8, steps)
-    ref = run_reference(prog, {})
-    assert np.array_equal(ref.outputs["y"], want)
-    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=5)
-    assert np.array_equal(prog.read_outputs(mem)["y"], want)
-    assert simulate_timing(prog, mem_latency=5)[0] == rtl["cycles"]
+    _check(cfg, prog, want, 5)
 
 
 @pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2)])
@@ -88,11 +101,7 @@ def test_depthwise_row_mode(name, seed):
     steps = [(0, 0, 0, 0, 1), (1, 0, int(rng.integers(0, 4)), 1, 1), (1, 0, 0, 0, 0),
              (1, 0, 0, 1, 1), (1, 1, 0, 0, 1), (1, 0, 2, 1, 0), (1, 0, 0, 0, 1)]
     prog, want = _program(cfg, rng, 11, steps)
-    ref = run_reference(prog, {})
-    assert np.array_equal(ref.outputs["y"], want)
-    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=4)
-    assert np.array_equal(prog.read_outputs(mem)["y"], want)
-    assert simulate_timing(prog, mem_latency=4)[0] == rtl["cycles"]
+    _check(cfg, prog, want, 4)
 
 
 @pytest.mark.parametrize("name,seed", [("tiny", 3), ("8x8", 4)])
@@ -106,35 +115,23 @@ def test_reduce_sums_or_maxes_every_row_into_one_line(name, seed):
     m = 9
     acts = rng.integers(-128, 128, (2 * m, R))
     tile = rng.integers(-(1 << (cfg.weight_bits - 1)), 1 << (cfg.weight_bits - 1), (R, R))
-    w_addr, p_addr, a_addr, y_addr = 0x1000, 0x2000, 0x3000, 0x4000
-    segments = [(w_addr, layout.pack_weight_tile(cfg, tile)),
-                (p_addr, layout.pack_params(np.zeros(R), np.ones(R), np.full(R, 6))),
-                (a_addr, layout.pack_act(cfg, acts))]
+    segments, instrs = _setup(cfg, acts, tile, 6)
     lines_per_store = max(1, cfg.bus_bits // cfg.out_line_bits)
-    instrs = [
-        isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
-                 row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
-        isa.make(Opcode.LOAD, target=LoadTarget.PARAM, rows=1,
-                 row_beats=cfg.param_line_bits // cfg.bus_bits, dram_addr=p_addr),
-        isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1,
-                 row_beats=2 * m * R * 8 // cfg.bus_bits, dram_addr=a_addr, push_next=1),
+    instrs += [
         isa.make(Opcode.COMPUTE, act_addr=0, rows=m, acc_addr=0, reduce=1, mul_m1=2,
                  pop_prev=1),
         isa.make(Opcode.COMPUTE, act_addr=m, rows=m, acc_addr=0, reduce=1, accumulate=1),
         isa.make(Opcode.COMPUTE, act_addr=3, rows=m, acc_addr=1, reduce=1, acc_max=1),
         isa.make(Opcode.COMPUTE, act_addr=1, rows=1, acc_addr=1, reduce=1, acc_max=1,
                  accumulate=1, push_next=1),
-        isa.make(Opcode.STORE, rows=lines_per_store * 2, out_bits=8, dram_addr=y_addr,
+        isa.make(Opcode.STORE, rows=lines_per_store * 2, out_bits=8, dram_addr=Y_ADDR,
                  pop_prev=1),
         isa.make(Opcode.END)]
     prog = Program(config=cfg, instrs=instrs, segments=segments, inputs=[],
-                   outputs=[TensorRef(name="y", addr=y_addr, rows=2, cols=R)])
+                   outputs=[TensorRef(name="y", addr=Y_ADDR, rows=2, cols=R)])
     r = acts @ tile
     total = (r[:m] * 3).sum(0) + r[m:].sum(0)
     peak = np.maximum(r[3:3 + m].max(0), r[1])
     want = layout.requantize(np.stack([total, peak]), 0, 1, 6, relu=False, out_bits=8,
                              out_unsigned=False)
-    assert np.array_equal(run_reference(prog, {}).outputs["y"], want)
-    mem, rtl = run_top(cfg, prog.memory_image(), 0, len(prog.instrs), latency=3)
-    assert np.array_equal(prog.read_outputs(mem)["y"], want)
-    assert simulate_timing(prog, mem_latency=3)[0] == rtl["cycles"]
+    _check(cfg, prog, want, 3)
