@@ -1,4 +1,5 @@
-"""The store unit: post-processing (bias, requantize, ReLU, clamp) and an AXI4 write DMA."""
+"""The store unit: post-processing (bias, requantize, ReLU, zero point, clamp) and an AXI4
+write DMA."""
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
@@ -24,7 +25,7 @@ class StoreUnit(wiring.Component):
     A STORE reads its parameter line once at start (registered over the next two edges), then
     reads accumulator lines through a pipeline of :data:`~lowbit.timing.STORE_STAGES`
     register stages (read, memory output, ``+ bias``, two 17x16 partial products, their sum
-    ``x``, the rounding add, the shift, ReLU/clamp) into a packer that emits one W beat per
+    ``x``, the rounding add, the shift, ReLU/zero point/clamp) into a packer that emits one W beat per
     cycle (a line is ``cols`` bytes; several lines share a beat on wide buses, a line spans
     several beats on narrow ones). AW bursts are issued one per cycle independently of the
     data. Every stage stalls while ``wvalid & ~wready``.
@@ -64,6 +65,7 @@ class StoreUnit(wiring.Component):
         # Per-instruction registers.
         push_prev = Signal()
         relu = Signal()
+        uns = Signal()
         lo = Signal(signed(10))
         hi = Signal(signed(10))
         rd_ptr = Signal(16)
@@ -128,13 +130,14 @@ class StoreUnit(wiring.Component):
             m.d.sync += push_prev.eq(field(ins, F, "push_prev"))
             with m.If(is_store):
                 bits = field(ins, F, "out_bits")
-                uns = field(ins, F, "out_unsigned")
+                unsigned = field(ins, F, "out_unsigned")
                 nbeats = beats_of >> exact_log2(W)
                 m.d.comb += [self.prm_en.eq(1), self.prm_addr.eq(field(ins, F, "param_addr"))]
                 m.d.sync += [
                     relu.eq(field(ins, F, "relu")),
-                    hi.eq(Mux(uns, (1 << bits) - 1, (1 << (bits - 1)[:4]) - 1)),
-                    lo.eq(Mux(uns, 0, -(1 << (bits - 1)[:4]))),
+                    uns.eq(unsigned),
+                    hi.eq(Mux(unsigned, (1 << bits) - 1, (1 << (bits - 1)[:4]) - 1)),
+                    lo.eq(Mux(unsigned, 0, -(1 << (bits - 1)[:4]))),
                     rd_ptr.eq(field(ins, F, "acc_addr")),
                     rd_left.eq(field(ins, F, "rows")),
                     throttle.eq(0),
@@ -189,6 +192,26 @@ class StoreUnit(wiring.Component):
                 m.d.sync += [shift[j].eq(s),
                              half[j].eq(Cat(*(s == i + 1 for i in range(XM + 1)))),
                              half_n[j].eq(Cat(*(s > i + 1 for i in range(XM + 1))))]
+        # Output zero point z (byte 7, int8 or uint8 by out_unsigned), edge S + 1; edge S + 2:
+        # the clamp thresholds on y, ``lo_th = max(lo - z, 0 if relu)`` and ``hi_th = hi - z``,
+        # and the value stored below lo_th, ``lo_q = clamp(lo_th + z)`` (``lo``, or
+        # ``clamp(z)`` with ReLU), so that the clamp stage needs no add before its compares.
+        zero = [Signal(signed(10), name=f"zero{j}") for j in range(C)]
+        lo_th = [Signal(signed(10), name=f"lo_th{j}") for j in range(C)]
+        hi_th = [Signal(signed(10), name=f"hi_th{j}") for j in range(C)]
+        lo_q = [Signal(8, name=f"lo_q{j}") for j in range(C)]
+        with m.If(prm_load):
+            for j in range(C):
+                zb = self.prm_data[j * 64 + 56:(j + 1) * 64]
+                m.d.sync += zero[j].eq(Mux(uns, zb, zb.as_signed()))
+        with m.If(prm_load2):
+            for j in range(C):
+                z = zero[j]
+                m.d.sync += [
+                    lo_th[j].eq(Mux(relu & (z > lo), 0, lo - z)),
+                    hi_th[j].eq(hi - z),
+                    lo_q[j].eq(Mux(relu, Mux(z > hi, hi, Mux(z < lo, lo, z)), lo)[:8]),
+                ]
 
         # -- data pipeline ----------------------------------------------------------------
         # Stage 0: accumulator read. Lines wider than a beat are read every L/W cycles.
@@ -217,15 +240,13 @@ class StoreUnit(wiring.Component):
             x = Signal(signed(XM + 1), name=f"x{j}")             # 4: (acc + bias) * mult
             t = Signal(signed(XM + 2), name=f"t{j}")             # 5: + half - (x < 0)
             r = Signal(signed(XM + 2), name=f"r{j}")             # 6: >> shift
-            c = Signal(signed(10), name=f"c{j}")                 # 7: ReLU, clamp
-            with m.If(relu & r[-1]):
-                m.d.comb += c.eq(0)
-            with m.Elif(r > hi):
-                m.d.comb += c.eq(hi)
-            with m.Elif(r < lo):
-                m.d.comb += c.eq(lo)
+            c = Signal(8, name=f"c{j}")                          # 7: ReLU, + z, clamp
+            with m.If(r < lo_th[j]):
+                m.d.comb += c.eq(lo_q[j])
+            with m.Elif(r > hi_th[j]):
+                m.d.comb += c.eq(hi[:8])
             with m.Else():
-                m.d.comb += c.eq(r)
+                m.d.comb += c.eq(r[:8] + zero[j][:8])
             with m.If(adv):
                 m.d.sync += [
                     a.eq(self.acc_data[j * acc_w:(j + 1) * acc_w].as_signed()),

@@ -331,11 +331,12 @@ one integer weight per input), `acc_max` max pooling.
 Completes when the last result is written to the accumulator memory.
 
 ### STORE
-For each accumulator line, lane `j` with parameters `(bias, mult, shift)` of channel `j` of
-parameter line `param_addr`:
+For each accumulator line, lane `j` with parameters `(bias, mult, shift, z_out)` of channel
+`j` of parameter line `param_addr` (`z_out`, the output zero point, is the record's byte 7,
+read as int8, or as uint8 if `out_unsigned`):
 `x = (acc + bias) * mult`; `y = x` if `shift == 0`, else
 `y = (x + 2^(shift-1) - (x < 0)) >> shift` (arithmetic shift): **round half away from zero**;
-`y = max(y, 0)` if `relu`; then clamp to `[-2^(out_bits-1), 2^(out_bits-1)-1]`, or
-`[0, 2^out_bits-1]` if `out_unsigned`. Lines are written as bytes to consecutive addresses
-from `dram_addr`. Completes when every write response has arrived.
+`y = max(y, 0)` if `relu`; then `q = y + z_out` clamped to `[-2^(out_bits-1),
+2^(out_bits-1)-1]`, or `[0, 2^out_bits-1]` if `out_unsigned`. Lines are written as bytes to
+consecutive addresses from `dram_addr`. Completes when every write response has arrived.
 """

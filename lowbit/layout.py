@@ -18,7 +18,9 @@ Weight tiles
 
 Parameters
     Per output channel 8 bytes, little-endian: int32 bias, uint16 multiplier, uint8 shift,
-    one zero byte. ``cols`` channels form one parameter line.
+    and the output offset (zero point) ``z_out`` as one byte, read as int8 by a STORE with
+    ``out_unsigned = 0`` and as uint8 by one with ``out_unsigned = 1``. ``cols`` channels
+    form one parameter line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "pack_params",
     "pack_weight_tile",
     "padded_rows",
+    "param_zero",
+    "requantize",
     "unpack_act",
     "unpack_weight_tile",
     "PARAM_BYTES",
@@ -105,27 +109,42 @@ def unpack_weight_tile(cfg: AccelConfig, data: bytes) -> np.ndarray:
     return vals.reshape(cfg.rows, cfg.cols)
 
 
-def pack_params(bias: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> bytes:
-    """Parameter records for consecutive channels (8 bytes each)."""
+def pack_params(bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, zero=0) -> bytes:
+    """Parameter records for consecutive channels (8 bytes each); ``zero``: the output
+    offsets (scalar or one per channel), each from -128 to 255 (the byte is read as int8 or
+    uint8 by the STORE's ``out_unsigned``)."""
     bias = np.asarray(bias, dtype=np.int64)
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
+    zero = np.broadcast_to(np.asarray(zero, dtype=np.int64), bias.shape)
     if bias.min(initial=0) < -(1 << 31) or bias.max(initial=0) >= (1 << 31):
         raise ValueError("bias must fit int32")
     if mult.min(initial=0) < 0 or mult.max(initial=0) >= (1 << MULT_BITS):
         raise ValueError(f"multiplier must be from 0 to {(1 << MULT_BITS) - 1}")
     if shift.min(initial=0) < 0 or shift.max(initial=0) > SHIFT_MAX:
         raise ValueError(f"shift must be from 0 to {SHIFT_MAX}")
+    if zero.min(initial=0) < -128 or zero.max(initial=0) > 255:
+        bad = int(zero.min()) if zero.min() < -128 else int(zero.max())
+        raise ValueError(f"output zero point must be from -128 to 255, not {bad}")
     rec = np.zeros((bias.size, PARAM_BYTES), dtype=np.uint8)
     rec[:, 0:4] = (bias.astype("<i4")).view(np.uint8).reshape(-1, 4)
     rec[:, 4:6] = (mult.astype("<u2")).view(np.uint8).reshape(-1, 2)
     rec[:, 6] = shift.astype(np.uint8)
+    rec[:, 7] = (zero & 0xFF).astype(np.uint8)
     return rec.tobytes()
 
 
+def param_zero(byte, *, out_unsigned: bool) -> np.ndarray:
+    """The output offset of parameter byte 7 as a STORE reads it: int8, or uint8 when
+    ``out_unsigned``."""
+    b = np.asarray(byte, dtype=np.int64) & 0xFF
+    return b if out_unsigned else np.where(b >= 128, b - 256, b)
+
+
 def requantize(acc: np.ndarray, bias, mult, shift, *, relu: bool, out_bits: int,
-               out_unsigned: bool) -> np.ndarray:
-    """The STORE post-processing, exactly as the hardware does it (see ``docs/isa.md``)."""
+               out_unsigned: bool, zero=0) -> np.ndarray:
+    """The STORE post-processing, exactly as the hardware does it (see ``docs/isa.md``):
+    the stored integers ``q = clamp(max(y, 0 if relu) + zero, range of out_bits)``."""
     x = (np.asarray(acc, dtype=np.int64) + np.asarray(bias, dtype=np.int64)) \
         * np.asarray(mult, dtype=np.int64)
     shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), x.shape)
@@ -138,7 +157,7 @@ def requantize(acc: np.ndarray, bias, mult, shift, *, relu: bool, out_bits: int,
         lo, hi = 0, (1 << out_bits) - 1
     else:
         lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
-    return np.clip(y, lo, hi)
+    return np.clip(y + np.asarray(zero, dtype=np.int64), lo, hi)
 
 
 def wrap(values: np.ndarray, bits: int) -> np.ndarray:

@@ -129,9 +129,10 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
             bias = rec[:, 0:4].copy().view("<i4").reshape(C).astype(np.int64)
             mult = rec[:, 4:6].copy().view("<u2").reshape(C).astype(np.int64)
             shift = rec[:, 6].astype(np.int64)
+            zero = layout.param_zero(rec[:, 7], out_unsigned=bool(ins.out_unsigned))
             y = layout.requantize(acc[c0:c0 + rows], bias[None, :], mult[None, :],
                                   shift[None, :], relu=bool(ins.relu), out_bits=ins.out_bits,
-                                  out_unsigned=bool(ins.out_unsigned))
+                                  out_unsigned=bool(ins.out_unsigned), zero=zero[None, :])
             addr = ins.dram_addr
             mem[addr:addr + rows * C] = (y & 0xFF).astype(np.uint8).reshape(-1)
             counters["dram_write_bytes"] += rows * C

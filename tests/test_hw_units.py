@@ -13,7 +13,7 @@ from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit
 from lowbit.hw.pe import PE, SystolicArray
 from lowbit.hw.store import StoreUnit
-from lowbit.layout import requantize
+from lowbit.layout import param_zero, requantize
 from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 
 from amaranth_top import _Port
@@ -306,7 +306,8 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
     """Exact requantization (lowbit.layout.requantize) of extreme accumulators and
     parameters, with random awready/wready back-pressure and B responses that arrive late:
     STOREs overlap their write responses (at most STORE_INFLIGHT in flight), each pushes its
-    token on the edge of its own last B response, in order, and a SYNC waits for all."""
+    token on the edge of its own last B response, in order, and a SYNC waits for all. Random
+    output zero points (parameter byte 7) are added after the ReLU, before the clamp."""
     cfg = AccelConfig(rows=cols, cols=cols, bus_bits=bus, max_burst=3, act_depth=64,
                       weight_tiles=2, acc_depth=64, param_depth=8, mem_bytes=1 << 16)
     C, B = cfg.cols, cfg.beat_bytes
@@ -333,11 +334,15 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
     half = np.where(s_lane > 0, 1 << np.maximum(s_lane - 1, 0), 0)
     acc[:32] = (rng.integers(-40, 40, (32, C)) << s_lane) \
         + np.where(rng.random((32, C)) < 0.6, half, rng.integers(0, 1 << s_lane, (32, C)))
+    # Output zero points (parameter byte 7): small offsets around zero or any byte, read as
+    # int8 or uint8 by the STORE's out_unsigned.
+    zbyte = np.where(rng.random((8, C)) < 0.5, rng.integers(-6, 7, (8, C)),
+                     rng.integers(0, 256, (8, C))) & 0xFF
     acc_init = [sum((int(v) & 0xFFFFFFFF) << (32 * j) for j, v in enumerate(line))
                 for line in acc]
-    prm_init = [sum(((int(b) & 0xFFFFFFFF) | int(mu) << 32 | int(s) << 48) << (64 * j)
-                    for j, (b, mu, s) in enumerate(zip(*rec, strict=True)))
-                for rec in zip(bias, mult, shift, strict=True)]
+    prm_init = [sum(((int(b) & 0xFFFFFFFF) | int(mu) << 32 | int(s) << 48 | int(z) << 56)
+                    << (64 * j) for j, (b, mu, s, z) in enumerate(zip(*rec, strict=True)))
+                for rec in zip(bias, mult, shift, zbyte, strict=True)]
     lpb = max(1, bus // cfg.out_line_bits)
     stores = []
     base = 4096 - 5 * B                      # the first bursts cross a 4 KiB boundary
@@ -397,9 +402,11 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
 
     _run(dut, tb)
     for s in stores:
-        want = requantize(acc[s["acc_addr"]:s["acc_addr"] + s["rows"]], bias[s["param_addr"]],
-                          mult[s["param_addr"]], shift[s["param_addr"]], relu=bool(s["relu"]),
-                          out_bits=s["out_bits"], out_unsigned=bool(s["out_unsigned"]))
+        p = s["param_addr"]
+        want = requantize(acc[s["acc_addr"]:s["acc_addr"] + s["rows"]], bias[p], mult[p],
+                          shift[p], relu=bool(s["relu"]), out_bits=s["out_bits"],
+                          out_unsigned=bool(s["out_unsigned"]),
+                          zero=param_zero(zbyte[p], out_unsigned=bool(s["out_unsigned"])))
         got = [mem.get(s["dram_addr"] + i, None) for i in range(s["rows"] * C)]
         assert got == [int(v) & 0xFF for v in want.reshape(-1)], s
     # A STORE completes on the B response of its last burst (bursts never span STOREs).
