@@ -4,9 +4,18 @@ Lowering (:func:`lower`, network :class:`~lowbit.compiler.graph.Graph` -> :class
 -----------------------------------------------------------------------------------------
 Feature maps live in DRAM in the blocked layout of ``lowbit.layout`` with one line per
 pixel: channel block ``b`` holds the padded image row-major, ``(H + top + bottom) * (W + left
-+ right)`` lines of ``rows`` channels. The zero border is as wide as the largest padding any
-consumer needs; the producer stores only the interior, so the border stays zero and a
-consumer's window reads padding like any other pixel.
++ right)`` lines of ``rows`` channels. The border is as wide as the largest padding any
+consumer needs and holds the tensor's zero point (the value 0): the program's memory image
+fills the buffers of tensors with a nonzero zero point with it (:func:`pack_inputs` the
+inputs' borders), the producer stores only the interior, so a consumer's window reads
+padding like any other pixel.
+
+Zero points: memory holds ``q = v + zero`` and the array sums ``q``. Every layer's bias
+absorbs its inputs' zero points (:func:`fold_zero_points`): ``- z * sum(w)`` over each
+output channel's kernel (convolution, linear; border pixels and padding channels have zero
+weights), ``- z * kh * kw`` (average pooling, padding counted), ``- z`` (max pooling, an
+activation), ``- mul_a * z_a - mul_b * z_b`` (residual add); the STORE adds the output's
+zero point (parameter byte 7) after the ReLU, before the clamp.
 
 Every spatial operator becomes a :class:`SpatialSpec`: a list of *taps*, each one COMPUTE
 ``acc (+)= mul * shifted(src, ky, kx)[k-block] @ tile`` into one output channel block:
@@ -85,6 +94,7 @@ from .passes import (
 
 __all__ = [
     "check_spatial_config",
+    "fold_zero_points",
     "lower",
     "pack_inputs",
     "plan_spatial",
@@ -148,6 +158,28 @@ def _borders(net: Graph) -> dict[str, tuple[int, int, int, int]]:
                 need = [max(a, b) for a, b in zip(need, op.padding, strict=True)]
         out[name] = tuple(need)
     return out
+
+
+def fold_zero_points(net: Graph, op) -> np.ndarray:
+    """``op``'s bias for the accelerator, whose accumulator sums stored integers ``q = v +
+    zero``: the graph bias minus each input zero point's contribution (see the module
+    docstring). Raises :class:`CompileError` when it leaves int32."""
+    z = [net.tensors[s].zero for s in op.srcs]
+    bias = np.asarray(op.bias, np.int64)
+    if isinstance(op, Conv2D):
+        bias = bias - z[0] * op.weight.astype(np.int64).sum(axis=(0, 1, 2))
+    elif isinstance(op, Linear):
+        bias = bias - z[0] * op.weight.astype(np.int64).sum(axis=0)
+    elif isinstance(op, Pool2D):
+        bias = bias - z[0] * (op.kernel[0] * op.kernel[1] if op.mode == "avg" else 1)
+    elif isinstance(op, Add):
+        bias = bias - op.mul_a * z[0] - op.mul_b * z[1]
+    else:
+        bias = bias - z[0]
+    if bias.min(initial=0) < -(1 << 31) or bias.max(initial=0) >= 1 << 31:
+        raise CompileError(f"{op.name}: the bias with the input zero point {z} folded in "
+                           f"({int(bias.min())}..{int(bias.max())}) does not fit int32")
+    return bias
 
 
 def _dedupe(cfg, taps: list[Tap], tiles: list[np.ndarray]):
@@ -270,9 +302,11 @@ def lower(net: Graph, cfg: AccelConfig, *, batch: int = 1,
             h, w, c = t.shape
             bt, bb, bl, br = borders[name]
             specs[name] = TensorSpec(name, (h + bt + bb) * (w + bl + br), c, t.signed, t.bits,
-                                     t.scale, role, hw=(h, w), border=borders[name])
+                                     t.scale, role, hw=(h, w), border=borders[name],
+                                     zero=t.zero)
         else:
-            specs[name] = TensorSpec(name, batch, t.channels, t.signed, t.bits, t.scale, role)
+            specs[name] = TensorSpec(name, batch, t.channels, t.signed, t.bits, t.scale, role,
+                                     zero=t.zero)
     layers: list = []
     for op in net.ops:
         if isinstance(op, Flatten):
@@ -287,14 +321,15 @@ def lower(net: Graph, cfg: AccelConfig, *, batch: int = 1,
             c = specs[op.src].cols
             layers.append(LinearSpec(
                 name=op.name, src=op.src, dst=op.dst, weight=np.eye(c, dtype=np.int64),
-                bias=op.bias, mult=op.mult, shift=op.shift, relu=op.relu,
+                bias=fold_zero_points(net, op), mult=op.mult, shift=op.shift, relu=op.relu,
                 out_bits=op.out_bits, out_unsigned=op.out_unsigned,
                 act_unsigned=not specs[op.src].signed))
             continue
         layers.append(_lower_spatial(cfg, net, specs, op))
     for name in net.inputs + net.outputs:
         t, s = net.tensors[name], specs[name]
-        d = dict(shape=list(t.shape), border=list(s.border), rows=s.rows, cols=s.cols)
+        d = dict(shape=list(t.shape), border=list(s.border), rows=s.rows, cols=s.cols,
+                 zero=t.zero)
         if name in im2col:
             d["im2col"] = im2col[name]
         if s.alias is not None:
@@ -325,7 +360,8 @@ def _lower_linear(cfg, net: Graph, specs, op: Linear) -> LinearSpec:
         full = np.zeros((src.cols, w.shape[1]), np.int64)
         full[_flat_order(cfg, specs[src.alias], net.tensors[src.alias].shape)] = w
         w = full
-    return LinearSpec(name=op.name, src=op.src, dst=op.dst, weight=w, bias=op.bias,
+    return LinearSpec(name=op.name, src=op.src, dst=op.dst, weight=w,
+                      bias=fold_zero_points(net, op),
                       mult=op.mult, shift=op.shift, relu=op.relu, out_bits=op.out_bits,
                       out_unsigned=op.out_unsigned, act_unsigned=not src.signed)
 
@@ -362,8 +398,8 @@ def _lower_spatial(cfg, net: Graph, specs, op) -> SpatialSpec:
     return SpatialSpec(
         name=op.name, kind=kind, srcs=srcs, dst=op.dst, out_hw=(oh, ow), kernel=kernel,
         stride=stride, origins=origins, taps=tuple(taps), tiles=tiles, acc_max=acc_max,
-        bias=op.bias, mult=op.mult, shift=op.shift, relu=op.relu, out_bits=op.out_bits,
-        out_unsigned=op.out_unsigned,
+        bias=fold_zero_points(net, op), mult=op.mult, shift=op.shift, relu=op.relu,
+        out_bits=op.out_bits, out_unsigned=op.out_unsigned,
         act_unsigned=tuple(not specs[s].signed for s in srcs), macs=op.macs(net))
 
 
@@ -937,8 +973,9 @@ def _im2col(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
 
 
 def pack_inputs(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Network input values (maps ``(H, W, C)``, flat ``(N, F)``) as the program's 2-D input
-    tensors: maps padded with their zero border (or unfolded for ``host_im2col``)."""
+    """Network input values ``v`` (maps ``(H, W, C)``, flat ``(N, F)``) as the program's 2-D
+    input tensors of stored integers ``q = v + zero``: maps padded with a border of value 0
+    (``q = zero``), or unfolded for ``host_im2col``."""
     io = _io(program)["inputs"]
     out = {}
     for name, d in io.items():
@@ -957,15 +994,16 @@ def pack_inputs(program, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
                                  f"{x.shape}")
             t, b, lf, r = d["border"]
             x = np.pad(x, ((t, b), (lf, r), (0, 0))).reshape(-1, x.shape[2])
-        out[name] = x
+        out[name] = x + d.get("zero", 0)
     return out
 
 
 def unpack_outputs(program, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The program's 2-D outputs as network values (maps without their border)."""
+    """The program's 2-D outputs (stored ``q``) as network values ``v = q - zero`` (maps
+    without their border)."""
     out = {}
     for name, d in _io(program)["outputs"].items():
-        y = np.asarray(outputs[name])
+        y = np.asarray(outputs[name]) - d.get("zero", 0)
         if "flatten_of" in d:
             h, w, c = d["flatten_of"]["shape"]
             t, b, lf, r = d["flatten_of"]["border"]

@@ -3,7 +3,10 @@
 A :class:`Graph` is a list of tensors and operators in topological order, built with its
 methods (``conv2d``, ``depthwise_conv2d``, ``max_pool2d``, ``avg_pool2d``,
 ``global_avg_pool``, ``add``, ``flatten``, ``linear``, ``relu``, ``relu6``). Tensors are
-integers of ``bits`` bits, signed or unsigned, with one real ``scale`` (real = scale * q):
+integers of ``bits`` bits, signed or unsigned, with one real ``scale`` and an integer zero
+point ``zero``: the accelerator stores ``q`` in the ``bits``-bit format, the graph computes
+with the value ``v = q - zero`` (real = scale * v), whose range is ``[q_min - zero, q_max -
+zero]`` (:attr:`Tensor.range`; :attr:`Tensor.qrange` is the stored format's):
 
 * a **feature map** has shape ``(H, W, C)`` (one image; the value is an ``(H, W, C)`` array);
 * a **flat** tensor has shape ``(F,)``; its value is ``(N, F)`` for a batch of ``N`` rows
@@ -11,17 +14,20 @@ integers of ``bits`` bits, signed or unsigned, with one real ``scale`` (real = s
 
 Every operator is integer arithmetic that ends in the accelerator's requantization
 (:func:`lowbit.layout.requantize`: ``(acc + bias) * mult``, round half away from zero, shift,
-optional ReLU, clamp to ``out_bits``), with ``acc`` wrapped at ``acc_bits``:
+optional ReLU on ``v``, clamp to the output's value range ``[q_min - zero, q_max - zero]``),
+with ``acc`` wrapped at ``acc_bits``. The arithmetic is on values ``v``; zero points only
+move the clamp (the compiler folds input zero points into the biases and gives the STORE the
+output zero point, see :mod:`lowbit.compiler.conv`):
 
 ``Conv2D``
     ``acc[y, x, o] = sum_{ky, kx, i in group(o)} xp[y*sy + ky, x*sx + kx, i] * w[ky, kx, i', o]``
-    over the input zero padded by ``padding = (top, bottom, left, right)``; ``groups``
-    splits input and output channels (``groups = C``: depthwise).
+    over the input zero padded (``v = 0``, stored ``q = zero``) by ``padding = (top, bottom,
+    left, right)``; ``groups`` splits input and output channels (``groups = C``: depthwise).
 ``Pool2D``
     ``max``: the maximum over the window of the zero-padded input (zeros, not -inf, in
-    the padding), output = that maximum; ``avg``: the window sum (padding counted)
-    requantized by ``mult / 2^shift ~= 1 / (kh * kw)``. ``global_avg_pool`` is ``avg``
-    over the whole map (output ``1 x 1``).
+    the padding), output = that maximum (format, scale and zero point of the input);
+    ``avg``: the window sum (padding counted) requantized by ``mult / 2^shift ~= 1 / (kh *
+    kw)``. ``global_avg_pool`` is ``avg`` over the whole map (output ``1 x 1``).
 ``Add``
     ``acc = mul_a * a + mul_b * b`` with integers ``mul_a, mul_b`` in ``1..256`` whose ratio
     approximates ``scale_a / scale_b``; the requantization maps ``scale_a / mul_a`` to the
@@ -40,6 +46,12 @@ with an executor tests the lowering, the schedule and the executor at once.
 Scales: a builder method given ``out_scale=None`` calibrates it on the graph's calibration
 inputs (``Graph.input(..., calib=...)``): the output scale maps the largest accumulator
 magnitude seen (times the accumulator's real unit) to the top of the output range.
+
+Zero points: ``Graph.input(..., zero=z)`` and ``out_zero=z`` on the operators that make a
+tensor (``out_signed=`` chooses int/uint storage independently of ``act``; by default a
+ReLU output is unsigned, anything else signed). A zero point must lie in its format's
+range. Pooling keeps the input's format; ``avg_pool2d``/``global_avg_pool`` take
+``out_zero`` (default: the input's).
 """
 
 from __future__ import annotations
@@ -129,6 +141,17 @@ def _range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
+def _zero(value, bits: int, signed: bool, what: str = "zero") -> int:
+    """A zero point checked against the ``bits``-bit format it belongs to."""
+    lo, hi = _range(bits, signed)
+    kind = "signed" if signed else "unsigned"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not lo <= value <= hi:
+        raise GraphError(f"{what} must be from {lo} to {hi} for a{'n' * (not signed)} {kind} "
+                         f"{bits}-bit tensor, not {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Tensor:
     """An integer tensor: ``(H, W, C)`` feature map or ``(F,)`` flat; real = scale * q."""
@@ -138,6 +161,7 @@ class Tensor:
     bits: int
     signed: bool
     scale: float
+    zero: int = 0
 
     @property
     def is_map(self) -> bool:
@@ -148,12 +172,21 @@ class Tensor:
         return self.shape[-1]
 
     @property
-    def range(self) -> tuple[int, int]:
+    def qrange(self) -> tuple[int, int]:
+        """The stored integers' range (the ``bits``-bit format)."""
         return _range(self.bits, self.signed)
+
+    @property
+    def range(self) -> tuple[int, int]:
+        """The values' range ``[q_min - zero, q_max - zero]``."""
+        lo, hi = self.qrange
+        return lo - self.zero, hi - self.zero
 
     def describe(self) -> str:
         kind = "i" if self.signed else "u"
-        return f"{self.name}: {kind}{self.bits} {list(self.shape)} scale={self.scale:.6g}"
+        zero = f" zero={self.zero}" if self.zero else ""
+        return (f"{self.name}: {kind}{self.bits} {list(self.shape)} scale={self.scale:.6g}"
+                f"{zero}")
 
 
 # -- operators ------------------------------------------------------------------------------
@@ -169,11 +202,13 @@ class _Requant:
     relu: bool
     out_bits: int
     out_unsigned: bool
+    out_zero: int = 0
 
     def requant(self, acc: np.ndarray, acc_bits: int) -> np.ndarray:
+        """The output values ``v = q - out_zero``."""
         return requantize(wrap(acc, acc_bits), self.bias, self.mult, self.shift,
                           relu=self.relu, out_bits=self.out_bits,
-                          out_unsigned=self.out_unsigned)
+                          out_unsigned=self.out_unsigned, zero=self.out_zero) - self.out_zero
 
 
 @dataclass(frozen=True, eq=False)
@@ -461,7 +496,8 @@ class Graph:
                                             self.acc_bits)
         return dst.name
 
-    def _out_scale(self, acc_unit, srcs, accumulate, out_scale, out_bits, unsigned, relu):
+    def _out_scale(self, acc_unit, srcs, accumulate, out_scale, out_bits, unsigned, relu,
+                   zero=0):
         """The given ``out_scale``, or one calibrated on ``self.calib``."""
         if out_scale is not None:
             if not out_scale > 0:
@@ -475,18 +511,29 @@ class Graph:
         if relu or unsigned:
             real = np.maximum(real, 0)
         top = np.abs(real).max(initial=0.0)
-        hi = (1 << out_bits) - 1 if unsigned else (1 << (out_bits - 1)) - 1
-        return float(top / hi) if top > 0 else float(np.max(acc_unit))
+        lo, hi = _range(out_bits, not unsigned)
+        span = hi - zero if hi - zero > 0 else zero - lo
+        return float(top / span) if top > 0 else float(np.max(acc_unit))
 
-    def _act(self, act, out_bits, src_signed: bool):
-        """``(relu, unsigned, fixed_scale)`` for ``act`` in None, "relu", "relu6"."""
-        if act is None:
-            return False, False, None
-        if act == "relu":
-            return True, True, None
+    def _act(self, act, out_bits, out_signed=None, out_zero=0):
+        """``(relu, unsigned, zero, fixed_scale)`` for ``act`` in None, "relu", "relu6";
+        the output is unsigned after a ReLU and signed otherwise unless ``out_signed`` says;
+        ``relu6`` puts 6 at the top of the output's value range."""
+        if act not in (None, "relu", "relu6"):
+            raise GraphError(f"act must be None, 'relu' or 'relu6', not {act!r}")
+        if isinstance(out_bits, bool) or not isinstance(out_bits, (int, np.integer)) \
+                or not 2 <= out_bits <= 8:
+            raise GraphError(f"out_bits must be an integer from 2 to 8, not {out_bits!r}")
+        relu = act is not None
+        unsigned = relu if out_signed is None else not out_signed
+        zero = _zero(out_zero, out_bits, not unsigned, "out_zero")
+        hi = _range(out_bits, not unsigned)[1] - zero
         if act == "relu6":
-            return True, True, 6.0 / ((1 << out_bits) - 1)
-        raise GraphError(f"act must be None, 'relu' or 'relu6', not {act!r}")
+            if hi <= 0:
+                raise GraphError(f"relu6 needs a positive top of the output range, not {hi} "
+                                 f"(out_zero={zero})")
+            return relu, unsigned, zero, 6.0 / hi
+        return relu, unsigned, zero, None
 
     def _check_weight(self, name, w):
         w = np.asarray(w)
@@ -511,16 +558,18 @@ class Graph:
     # -- building -------------------------------------------------------------------------
 
     def input(self, name: str, shape, *, bits: int = 8, signed: bool = True,
-              scale: float = 1.0 / 64, calib=None) -> str:
-        """A graph input: a map ``(H, W, C)`` or flat ``(F,)``; ``calib``: one example value
-        (``(H, W, C)``, or ``(N, F)``) used to calibrate the scales of later operators."""
+              scale: float = 1.0 / 64, zero: int = 0, calib=None) -> str:
+        """A graph input: a map ``(H, W, C)`` or flat ``(F,)`` stored as ``bits``-bit ``q``
+        with zero point ``zero`` (values ``v = q - zero``); ``calib``: one example value
+        ``v`` (``(H, W, C)``, or ``(N, F)``) used to calibrate the scales of later
+        operators."""
         name = self._name(name, "x")
         shape = tuple(_pos_int("shape", v) for v in shape)
         if len(shape) not in (1, 3):
             raise GraphError(f"input shape must be (H, W, C) or (F,), not {shape}")
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise GraphError(f"bits must be an integer from 2 to 8, not {bits!r}")
-        t = Tensor(name, shape, bits, bool(signed), float(scale))
+        t = Tensor(name, shape, bits, bool(signed), float(scale), _zero(zero, bits, signed))
         self.tensors[name] = t
         self.inputs.append(name)
         if calib is not None:
@@ -535,10 +584,11 @@ class Graph:
 
     def conv2d(self, x: str, weight, *, bias=None, w_scale=1.0, stride=1, padding=0,
                groups: int = 1, act: str | None = None, out_scale: float | None = None,
-               out_bits: int = 8, name: str | None = None) -> str:
+               out_bits: int = 8, out_signed: bool | None = None, out_zero: int = 0,
+               name: str | None = None) -> str:
         """2-D convolution; ``weight`` is ``(kh, kw, C_in / groups, C_out)`` integers,
         ``w_scale`` their real scale (scalar or per output channel), ``bias`` integers in
-        accumulator units."""
+        accumulator units (of values ``v``, zero points excluded)."""
         src = self._map(x, "conv2d")
         name = self._name(name, "conv")
         w = self._check_weight(name, weight)
@@ -559,7 +609,7 @@ class Graph:
         if oh < 1 or ow < 1:
             raise GraphError(f"{name}: kernel {kh}x{kw} does not fit the padded input "
                              f"{src.shape[:2]} with padding {pad}")
-        relu, unsigned, fixed = self._act(act, out_bits, src.signed)
+        relu, unsigned, zero, fixed = self._act(act, out_bits, out_signed, out_zero)
         unit = src.scale * np.broadcast_to(np.asarray(w_scale, np.float64), (cout,))
         proto = Conv2D(bias=np.zeros(cout, np.int64), mult=np.zeros(cout, np.int64),
                        shift=np.zeros(cout, np.int64), relu=relu, out_bits=out_bits,
@@ -571,12 +621,12 @@ class Graph:
             return acc if bias is None else acc + np.asarray(bias, np.int64)
 
         scale = fixed or self._out_scale(unit, (x,), accumulate, out_scale, out_bits,
-                                         unsigned, relu)
+                                         unsigned, relu, zero)
         b, m, s = self._requant_fields(name, cout, unit, bias, scale)
         op = Conv2D(bias=b, mult=m, shift=s, relu=relu, out_bits=out_bits,
-                    out_unsigned=unsigned, name=name, src=x, dst=name, weight=w,
-                    stride=stride, padding=pad, groups=groups)
-        return self._add(op, Tensor(name, (oh, ow, cout), out_bits, not unsigned, scale))
+                    out_unsigned=unsigned, out_zero=zero, name=name, src=x, dst=name,
+                    weight=w, stride=stride, padding=pad, groups=groups)
+        return self._add(op, Tensor(name, (oh, ow, cout), out_bits, not unsigned, scale, zero))
 
     def depthwise_conv2d(self, x: str, weight, **kw) -> str:
         """``weight`` is ``(kh, kw, C)`` (or ``(kh, kw, 1, C)``): one filter per channel."""
@@ -586,7 +636,7 @@ class Graph:
         c = self._map(x, "depthwise_conv2d").channels
         return self.conv2d(x, w, groups=c, **kw)
 
-    def _pool(self, x, mode, kernel, stride, padding, name, out_scale):
+    def _pool(self, x, mode, kernel, stride, padding, name, out_scale, out_zero=None):
         src = self._map(x, f"{mode}_pool2d")
         name = self._name(name, f"{mode}pool")
         kernel = _pair("kernel", kernel)
@@ -598,6 +648,8 @@ class Graph:
             raise GraphError(f"{name}: window {kernel} does not fit the padded input "
                              f"{src.shape[:2]}")
         c = src.channels
+        zero = src.zero if out_zero is None else _zero(out_zero, src.bits, src.signed,
+                                                       "out_zero")
         if mode == "max":
             mult, shift, scale = np.ones(c, np.int64), np.zeros(c, np.int64), src.scale
         else:
@@ -605,41 +657,45 @@ class Graph:
             m, s = quantize_multiplier(src.scale / scale / (kernel[0] * kernel[1]))
             mult, shift = np.full(c, int(m), np.int64), np.full(c, int(s), np.int64)
         op = Pool2D(bias=np.zeros(c, np.int64), mult=mult, shift=shift, relu=False,
-                    out_bits=src.bits, out_unsigned=not src.signed, name=name, src=x,
-                    dst=name, mode=mode, kernel=kernel, stride=stride, padding=pad)
-        return self._add(op, Tensor(name, (oh, ow, c), src.bits, src.signed, scale))
+                    out_bits=src.bits, out_unsigned=not src.signed, out_zero=zero, name=name,
+                    src=x, dst=name, mode=mode, kernel=kernel, stride=stride, padding=pad)
+        return self._add(op, Tensor(name, (oh, ow, c), src.bits, src.signed, scale, zero))
 
     def max_pool2d(self, x: str, kernel, *, stride=None, padding=0,
                    name: str | None = None) -> str:
-        """Max pooling (zero padding); the output keeps the input's format and scale."""
+        """Max pooling (zero padding); the output keeps the input's format, scale and zero
+        point."""
         return self._pool(x, "max", kernel, stride, padding, name, None)
 
     def avg_pool2d(self, x: str, kernel, *, stride=None, padding=0,
-                   out_scale: float | None = None, name: str | None = None) -> str:
-        """Average pooling (zero padding counted); output scale = input scale by default."""
-        return self._pool(x, "avg", kernel, stride, padding, name, out_scale)
+                   out_scale: float | None = None, out_zero: int | None = None,
+                   name: str | None = None) -> str:
+        """Average pooling (zero padding counted); output scale and zero point = the
+        input's by default."""
+        return self._pool(x, "avg", kernel, stride, padding, name, out_scale, out_zero)
 
     def global_avg_pool(self, x: str, *, out_scale: float | None = None,
-                        name: str | None = None) -> str:
+                        out_zero: int | None = None, name: str | None = None) -> str:
         """Average over the whole map: ``(H, W, C) -> (1, 1, C)``."""
         h, w, _ = self._map(x, "global_avg_pool").shape
         return self._pool(x, "avg", (h, w), (1, 1), 0, name or self._name(None, "gap"),
-                          out_scale)
+                          out_scale, out_zero)
 
     def add(self, a: str, b: str, *, act: str | None = None, out_scale: float | None = None,
-            out_bits: int = 8, name: str | None = None) -> str:
+            out_bits: int = 8, out_signed: bool | None = None, out_zero: int = 0,
+            name: str | None = None) -> str:
         """``a + b`` (same shape, any scales)."""
         ta, tb = self.tensor(a), self.tensor(b)
         if ta.shape != tb.shape:
             raise GraphError(f"add needs equal shapes, not {a} {ta.shape} and {b} {tb.shape}")
         name = self._name(name, "add")
-        amax = max(abs(v) for v in ta.range + tb.range)
+        amax = max(abs(v) for v in ta.range + tb.range + ta.qrange + tb.qrange)
         limit = min(256, ((1 << (self.acc_bits - 1)) - 1) // (2 * amax))
         if limit < 1:
             raise GraphError(f"{name}: acc_bits={self.acc_bits} cannot hold a sum of two "
                              f"{ta.bits}-bit values")
         ma, mb = add_factors(ta.scale / tb.scale, limit)
-        relu, unsigned, fixed = self._act(act, out_bits, ta.signed)
+        relu, unsigned, zero, fixed = self._act(act, out_bits, out_signed, out_zero)
         c = ta.channels
         unit = ta.scale / ma
 
@@ -647,30 +703,36 @@ class Graph:
             return ma * np.asarray(xs[0], np.int64) + mb * np.asarray(xs[1], np.int64)
 
         scale = fixed or self._out_scale(unit, (a, b), accumulate, out_scale, out_bits,
-                                         unsigned, relu)
+                                         unsigned, relu, zero)
         bias, m, s = self._requant_fields(name, c, unit, None, scale)
         op = Add(bias=bias, mult=m, shift=s, relu=relu, out_bits=out_bits,
-                 out_unsigned=unsigned, name=name, a=a, b=b, dst=name, mul_a=ma, mul_b=mb)
-        return self._add(op, Tensor(name, ta.shape, out_bits, not unsigned, scale))
+                 out_unsigned=unsigned, out_zero=zero, name=name, a=a, b=b, dst=name,
+                 mul_a=ma, mul_b=mb)
+        return self._add(op, Tensor(name, ta.shape, out_bits, not unsigned, scale, zero))
 
-    def _activation(self, x, fn, name, out_bits):
+    def _activation(self, x, fn, name, out_bits, out_signed, out_zero):
         src = self.tensor(x)
         name = self._name(name, fn)
         out_bits = src.bits if out_bits is None else out_bits
-        relu, unsigned, fixed = self._act(fn, out_bits, src.signed)
+        relu, unsigned, zero, fixed = self._act(fn, out_bits, out_signed, out_zero)
         scale = fixed or src.scale
         c = src.channels
         m, s = quantize_multiplier(src.scale / scale)
         op = Activation(bias=np.zeros(c, np.int64), mult=np.full(c, int(m), np.int64),
                         shift=np.full(c, int(s), np.int64), relu=True, out_bits=out_bits,
-                        out_unsigned=True, name=name, src=x, dst=name, fn=fn)
-        return self._add(op, Tensor(name, src.shape, out_bits, False, scale))
+                        out_unsigned=unsigned, out_zero=zero, name=name, src=x, dst=name,
+                        fn=fn)
+        return self._add(op, Tensor(name, src.shape, out_bits, not unsigned, scale, zero))
 
-    def relu(self, x: str, *, name: str | None = None, out_bits: int | None = None) -> str:
-        return self._activation(x, "relu", name, out_bits)
+    def relu(self, x: str, *, name: str | None = None, out_bits: int | None = None,
+             out_signed: bool | None = None, out_zero: int = 0) -> str:
+        """``max(x, 0)`` at the input's scale (unsigned output unless ``out_signed``)."""
+        return self._activation(x, "relu", name, out_bits, out_signed, out_zero)
 
-    def relu6(self, x: str, *, name: str | None = None, out_bits: int | None = None) -> str:
-        return self._activation(x, "relu6", name, out_bits)
+    def relu6(self, x: str, *, name: str | None = None, out_bits: int | None = None,
+              out_signed: bool | None = None, out_zero: int = 0) -> str:
+        """``min(max(x, 0), 6)``: 6 at the top of the output's value range."""
+        return self._activation(x, "relu6", name, out_bits, out_signed, out_zero)
 
     def flatten(self, x: str, *, name: str | None = None) -> str:
         """``(H, W, C) -> (H * W * C,)`` in ``(y, x, c)`` order."""
@@ -678,10 +740,11 @@ class Graph:
         name = self._name(name, "flat")
         op = Flatten(name, x, name)
         return self._add(op, Tensor(name, (int(np.prod(src.shape)),), src.bits, src.signed,
-                                    src.scale))
+                                    src.scale, src.zero))
 
     def linear(self, x: str, weight, *, bias=None, w_scale=1.0, act: str | None = None,
                out_scale: float | None = None, out_bits: int = 8,
+               out_signed: bool | None = None, out_zero: int = 0,
                name: str | None = None) -> str:
         """``x @ weight`` on a flat tensor; ``weight`` is ``(K, N)`` integers."""
         src = self.tensor(x)
@@ -692,7 +755,7 @@ class Graph:
         if w.ndim != 2 or w.shape[0] != src.channels:
             raise GraphError(f"{name}: weight must be ({src.channels}, N), not {w.shape}")
         n = w.shape[1]
-        relu, unsigned, fixed = self._act(act, out_bits, src.signed)
+        relu, unsigned, zero, fixed = self._act(act, out_bits, out_signed, out_zero)
         unit = src.scale * np.broadcast_to(np.asarray(w_scale, np.float64), (n,))
 
         def accumulate(xs, acc_bits):
@@ -700,11 +763,12 @@ class Graph:
             return acc if bias is None else acc + np.asarray(bias, np.int64)
 
         scale = fixed or self._out_scale(unit, (x,), accumulate, out_scale, out_bits,
-                                         unsigned, relu)
+                                         unsigned, relu, zero)
         b, m, s = self._requant_fields(name, n, unit, bias, scale)
         op = Linear(bias=b, mult=m, shift=s, relu=relu, out_bits=out_bits,
-                    out_unsigned=unsigned, name=name, src=x, dst=name, weight=w)
-        return self._add(op, Tensor(name, (n,), out_bits, not unsigned, scale))
+                    out_unsigned=unsigned, out_zero=zero, name=name, src=x, dst=name,
+                    weight=w)
+        return self._add(op, Tensor(name, (n,), out_bits, not unsigned, scale, zero))
 
     # -- evaluation -----------------------------------------------------------------------
 

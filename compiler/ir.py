@@ -54,9 +54,10 @@ class TensorSpec:
     A feature map (``hw`` = ``(H, W)``) is stored with a zero border of ``border`` =
     ``(top, bottom, left, right)`` pixels: ``rows`` = ``(H + top + bottom) * (W + left +
     right)`` lines per channel block, row-major over the padded image, ``cols`` = channels.
-    Its producer writes the interior only; the border stays zero. A tensor with ``alias``
-    has no storage of its own: it is another tensor's bytes seen as ``(rows, cols)``
-    (a flattened map).
+    Its producer writes the interior only; the border keeps its initial bytes, ``zero``
+    (the zero point: stored ``q = zero`` is the value 0). A tensor with ``alias`` has no
+    storage of its own: it is another tensor's bytes seen as ``(rows, cols)`` (a flattened
+    map).
     """
 
     name: str
@@ -69,6 +70,7 @@ class TensorSpec:
     hw: tuple[int, int] | None = None
     border: tuple[int, int, int, int] = (0, 0, 0, 0)
     alias: str | None = None
+    zero: int = 0
 
     @property
     def buf_hw(self) -> tuple[int, int]:

@@ -388,11 +388,12 @@ def _pack_weights(cfg, w: np.ndarray, kb: int, nb: int) -> bytes:
     return b"".join(parts)
 
 
-def _pack_layer_params(cfg, ly: LinearSpec, nb: int) -> bytes:
+def _pack_layer_params(cfg, ly: LinearSpec, nb: int, zero: int = 0) -> bytes:
+    """The layer's parameter lines; ``zero``: the output tensor's zero point (byte 7)."""
     n = nb * cfg.cols
     bias, mult, shift = (np.zeros(n, np.int64) for _ in range(3))
     bias[:ly.n], mult[:ly.n], shift[:ly.n] = ly.bias, ly.mult, ly.shift
-    data = layout.pack_params(bias, mult, shift)
+    data = layout.pack_params(bias, mult, shift, zero)
     return data + bytes(-len(data) % cfg.beat_bytes)
 
 
@@ -408,13 +409,16 @@ def schedule(t: TiledIR) -> ScheduleIR:
             data = _pack_weights(cfg, ly.weight, lt.kb, lt.nb)
         regions.append(Region(weight_region(lt.layer), "weights", len(data), data))
     for ly, lt in zip(g.layers, t.tilings, strict=True):
-        data = _pack_layer_params(cfg, ly, layout.blocks(cfg, ly.n))
+        data = _pack_layer_params(cfg, ly, layout.blocks(cfg, ly.n), g.tensor(ly.dst).zero)
         regions.append(Region(param_region(lt.layer), "params", len(data), data))
     for ten in g.tensors:
         if ten.alias is not None:
             continue
         size = layout.act_bytes(cfg, ten.rows, ten.cols)
-        regions.append(Region(ten.name, "act", size))
+        # a map's border must read as its zero point (the value 0); inputs bring their own
+        fill = ten.zero and ten.role != "input" and any(ten.border)
+        regions.append(Region(ten.name, "act", size,
+                              bytes([ten.zero & 0xFF]) * size if fill else None))
         bld.written[ten.name] = np.full((layout.blocks(cfg, ten.cols),
                                          layout.padded_rows(cfg, ten.rows)), -1, np.int64)
     for ten in g.tensors:

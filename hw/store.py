@@ -25,9 +25,9 @@ class StoreUnit(wiring.Component):
     A STORE reads its parameter line once at start (registered over the next two edges), then
     reads accumulator lines through a pipeline of :data:`~lowbit.timing.STORE_STAGES`
     register stages (read, memory output, ``+ bias``, two 17x16 partial products, their sum
-    ``x``, the rounding add, the shift, ReLU/zero point/clamp) into a packer that emits one W beat per
-    cycle (a line is ``cols`` bytes; several lines share a beat on wide buses, a line spans
-    several beats on narrow ones). AW bursts are issued one per cycle independently of the
+    ``x``, the rounding add, the shift, ReLU/zero point/clamp) into a packer that emits one W
+    beat per cycle (a line is ``cols`` bytes; several lines share a beat on wide buses, a line
+    spans several beats on narrow ones). AW bursts are issued one per cycle independently of the
     data. Every stage stalls while ``wvalid & ~wready``.
 
     Once its last beat is in the W register the next STORE may start, while the write
