@@ -118,8 +118,8 @@ class _FloatInput:
 
 @dataclass
 class _Pending:
-    """A float result not yet quantized: ``build(out_scale, out_bits, relu, name)`` emits the
-    graph operator once the ``QuantizeLinear`` that ends it is seen."""
+    """A float result not yet quantized: ``build(out_scale, fmt, name)`` emits the graph
+    operator once the ``QuantizeLinear`` that ends it is seen (``fmt``: :class:`_Format`)."""
 
     node: Any
     build: Any
@@ -130,6 +130,17 @@ class _Pending:
     clip: float | None = None        # upper bound of a Clip(0, max) after the ReLU
     clip_node: Any = None
     fold: Any = None                 # (state, unit, n): a constant Add folds into the bias
+
+
+@dataclass(frozen=True)
+class _Format:
+    """The graph format of a quantized ONNX activation: ``bits``-bit, ``signed``, graph zero
+    point ``zero``; ``relu``: the operator ends in a ReLU."""
+
+    bits: int
+    signed: bool
+    zero: int
+    relu: bool
 
 
 @dataclass
@@ -282,9 +293,10 @@ def _fmt(lo: int, hi: int, relu: bool):
 def _fuse_relu(graph, consts) -> list:
     """Drop ``Q_a -> DQ_a`` from ``op -> Q_a -> DQ_a -> Relu -> Q_b`` when each link has one
     consumer and ``Q_a``, ``Q_b`` quantize alike (what ``quantize_static`` writes around a
-    ReLU): the operator then ends in a ReLU requantized straight to ``Q_b``. Exact:
-    ``max(clamp(round(x / s)), 0) == clamp(round(relu(x) / s))`` for zero point 0, and with
-    any zero point at the bottom of both ranges or below."""
+    ReLU): the operator then ends in a ReLU requantized straight to ``Q_b``. Exact for any
+    zero point ``z`` in the range ``[q_min, q_max]``: ``max(clamp(round(x / s) + z), z) ==
+    clamp(max(round(x / s), 0) + z)`` (a clamp and a maximum with a constant inside the
+    range commute), and the STORE computes the right side: ReLU, ``+ z``, clamp."""
     import onnx
 
     nodes = list(graph.node)
@@ -519,9 +531,9 @@ class _Importer:
     def op_QuantizeLinear(self, node):
         attrs = _attrs(node)
         scale, zp, (qmin, qmax) = self._scale_zero(node, attrs)
-        if scale.size != 1:
+        if scale.size != 1 or zp.size != 1:
             raise _node_err(node, "per-channel activation quantization is not supported",
-                            "one scale per activation tensor")
+                            "one scale and one zero point per activation tensor")
         self.quantize(node, node.input[0], float(scale.reshape(-1)[0]),
                       int(zp.reshape(-1)[0]), qmin, qmax)
 
@@ -532,12 +544,17 @@ class _Importer:
         out = node.output[0]
         relu = isinstance(v, _Pending) and v.relu
         fmt = _fmt(qmin - zero, qmax - zero, relu)
-        if fmt is None:
-            raise _node_err(node, f"zero point {zero} of range {qmin}..{qmax} gives integers "
-                            f"{qmin - zero}..{qmax - zero}{' after Relu' if relu else ''}",
-                            "ranges -2^(b-1)..2^(b-1)-1 or 0..2^b-1 with b from 2 to 8 "
-                            "(symmetric int8, uint8 with zero point 0 or 128, ...)")
-        bits, signed, fmt_relu = fmt
+        if fmt is not None:
+            # values q - z form a plain signed/unsigned range: graph zero point 0
+            bits, signed, fmt_relu = fmt
+            gzero = 0
+        else:
+            base = _fmt(qmin, qmax, False)
+            if base is None:
+                raise _node_err(node, f"integer range {qmin}..{qmax} is not supported",
+                                "ranges -2^(b-1)..2^(b-1)-1 or 0..2^b-1 with b from 2 to 8")
+            (bits, signed, _), gzero, fmt_relu = base, zero, False
+        f = _Format(bits, signed, gzero, fmt_relu or relu)
         if isinstance(v, _FloatInput):
             shape = v.shape
             if len(shape) == 4 and shape[0] in (1, -1) and all(d > 0 for d in shape[1:]):
@@ -548,7 +565,8 @@ class _Importer:
                 raise _node_err(node, f"input {src!r} has shape {shape}",
                                 "NCHW inputs with batch 1 or (N, F) inputs")
             name = self.gname(src)
-            self.g.input(name, gshape, bits=bits, signed=signed, scale=scale)
+            self.emit(node, lambda: self.g.input(name, gshape, bits=bits, signed=signed,
+                                                 scale=scale, zero=gzero))
             self.g.onnx_inputs[src] = (name, scale, zero, qmin, qmax, shape, None)
             self.vals[out] = _QInt(name, scale, zero)
             self.g.quantized[out] = (name, zero, None)
@@ -577,8 +595,7 @@ class _Importer:
                             f"the output scale {scale:.6g}, below the top of the range "
                             f"{(qmax - zero)}", "a max that rounds to the top of "
                             "the output range or above (ReLU6 at scale 6 / (2^b - 1))")
-        name = v.build(scale, bits, fmt_relu or v.relu, signed,
-                       self.gname(self.preferred.get(src, src)))
+        name = v.build(scale, f, self.gname(self.preferred.get(src, src)))
         t = self.g.tensors[name]
         want = (max(qmin - zero, 0) if fmt_relu else qmin - zero, qmax - zero)
         if v.keeps is not None and t.range != want:
@@ -650,9 +667,12 @@ class _Importer:
         if mode not in _ROUNDING:
             raise _node_err(node, f"rounding_mode {mode!r} is not supported",
                             ", ".join(_ROUNDING))
-        if np.any(zp != np.round(zp)) or zp.size != 1:
-            raise _node_err(node, f"zero point {zp.reshape(-1).tolist()} is not supported",
-                            "one integer zero point")
+        if zp.size != 1:
+            raise _node_err(node, f"zero point {zp.reshape(-1).tolist()} has several values",
+                            "one integer zero point per tensor")
+        if zp.reshape(-1)[0] != np.round(zp.reshape(-1)[0]):
+            raise _node_err(node, f"zero point {float(zp.reshape(-1)[0]):g} is not an integer",
+                            "one integer zero point per tensor")
         zero = int(zp.reshape(-1)[0])
         qmin = -(1 << (bits - 1)) + narrow if signed else 0
         qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1 - narrow
@@ -745,11 +765,11 @@ class _Importer:
         groups = int(attrs.get("group", 1))
         weight = w.q.transpose(2, 3, 1, 0)
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             return self.emit(node, lambda: self.g.conv2d(
                 x.t, weight, bias=state["bias"], w_scale=wscale, stride=stride, padding=pad,
-                groups=groups, act="relu" if relu else None, out_scale=scale, out_bits=bits,
-                name=name))
+                groups=groups, act="relu" if f.relu else None, out_scale=scale,
+                out_bits=f.bits, out_signed=f.signed, out_zero=f.zero, name=name))
         self.pending(node, build, fold=(state, unit, cout))
 
     def emit(self, node, fn):
@@ -777,10 +797,11 @@ class _Importer:
         unit = src.scale * wscale
         state = {"bias": self.bias(node, bias_name, unit, n)}
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             return self.emit(node, lambda: self.g.linear(
-                x.t, kn, bias=state["bias"], w_scale=wscale, act="relu" if relu else None,
-                out_scale=scale, out_bits=bits, name=name))
+                x.t, kn, bias=state["bias"], w_scale=wscale, act="relu" if f.relu else None,
+                out_scale=scale, out_bits=f.bits, out_signed=f.signed, out_zero=f.zero,
+                name=name))
         self.pending(node, build, fold=(state, unit, n))
 
     def op_MatMul(self, node):
@@ -816,32 +837,36 @@ class _Importer:
         a = self.real(node, node.input[0])
         b = self.real(node, node.input[1])
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             return self.emit(node, lambda: self.g.add(
-                a.t, b.t, act="relu" if relu else None, out_scale=scale, out_bits=bits,
-                name=name))
+                a.t, b.t, act="relu" if f.relu else None, out_scale=scale, out_bits=f.bits,
+                out_signed=f.signed, out_zero=f.zero, name=name))
         self.pending(node, build)
 
     def op_Relu(self, node):
         v = self.get(node, node.input[0])
         if isinstance(v, _Pending) and self.consumers.get(node.input[0], 0) == 1:
-            if v.keeps is not None and self.g.tensors[v.keeps].signed:
-                raise _node_err(node, f"Relu after {v.node.op_type} of a signed tensor",
+            kept = self.g.tensors[v.keeps] if v.keeps is not None else None
+            if kept is not None and kept.range[0] < 0:
+                what = "a signed tensor" if kept.signed else \
+                    f"a tensor with zero point {kept.zero} (values {kept.range[0]}..)"
+                raise _node_err(node, f"Relu after {v.node.op_type} of {what}",
                                 "Relu on Conv, Gemm, MatMul, Add results or on quantized "
                                 "activations")
-            # on an unsigned source the Relu is the identity
+            # on a source without negative values the Relu is the identity
             self.vals[node.output[0]] = _Pending(v.node, v.build, v.keeps is None,
                                                  v.passthrough, v.perm, v.keeps, v.clip,
                                                  v.clip_node)
             return
         x = self.real(node, node.input[0])
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             t = self.g.tensors[x.t]
             if not np.isclose(t.scale, scale, rtol=1e-6):
                 raise _node_err(node, f"output scale {scale:.6g} differs from the input "
                                 f"scale {t.scale:.6g}", "the same scale on both sides")
-            return self.emit(node, lambda: self.g.relu(x.t, name=name, out_bits=bits))
+            return self.emit(node, lambda: self.g.relu(x.t, name=name, out_bits=f.bits,
+                                                       out_signed=f.signed, out_zero=f.zero))
         self.pending(node, build, perm=x.perm)
 
     def op_Clip(self, node):
@@ -876,12 +901,15 @@ class _Importer:
         x = self.real(node, node.input[0])
         pads = attrs.get("pads", [0, 0, 0, 0])
         src = self.g.tensors[x.t]
-        if any(pads) and src.signed:
-            raise _node_err(node, "padding a signed input (the hardware pads with zeros, "
-                            "ONNX with -inf)", "padding on unsigned (post-ReLU) inputs only")
+        if any(pads) and src.range[0] < 0:
+            what = "a signed input" if src.signed else \
+                f"an input with zero point {src.zero} (values {src.range[0]}..)"
+            raise _node_err(node, f"padding {what} (the hardware pads with the value 0, "
+                            "ONNX with -inf)", "padding on inputs without negative values "
+                            "(post-ReLU) only")
         k, stride, pad = _pool_window(node, attrs)
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             return self.emit(node, lambda: self.g.max_pool2d(x.t, k, stride=stride,
                                                              padding=pad, name=name))
         self.pending(node, build, passthrough=x.t, keeps=x.t)
@@ -901,19 +929,26 @@ class _Importer:
         x = self.real(node, node.input[0])
         k, stride, pad = _pool_window(node, attrs)
 
-        def build(scale, bits, relu, signed, name):
+        def build(scale, f, name):
             return self.emit(node, lambda: self.g.avg_pool2d(
-                x.t, k, stride=stride, padding=pad, out_scale=scale, name=name))
+                x.t, k, stride=stride, padding=pad, out_scale=scale,
+                out_zero=self.pool_zero(x.t, f), name=name))
         self.pending(node, build, keeps=x.t)
 
     def op_GlobalAveragePool(self, node):
         _check_attrs(node, _attrs(node), {})
         x = self.real(node, node.input[0])
 
-        def build(scale, bits, relu, signed, name):
-            return self.emit(node, lambda: self.g.global_avg_pool(x.t, out_scale=scale,
-                                                                  name=name))
+        def build(scale, f, name):
+            return self.emit(node, lambda: self.g.global_avg_pool(
+                x.t, out_scale=scale, out_zero=self.pool_zero(x.t, f), name=name))
         self.pending(node, build, keeps=x.t)
+
+    def pool_zero(self, src: str, f: _Format) -> int | None:
+        """An average pooling keeps its input's format: the output's zero point when the
+        format agrees, else the input's (:meth:`quantize` then checks the range)."""
+        t = self.g.tensors[src]
+        return f.zero if (f.bits, f.signed) == (t.bits, t.signed) else None
 
     def flatten(self, node, x):
         src = self.g.tensors[x.t]

@@ -209,7 +209,7 @@ def test_zero_points_on_rtl():
     s = g.add(a, h, act="relu", out_signed=True, out_zero=-77)
     m = g.max_pool2d(s, 3, stride=2, padding=1)
     p = g.global_avg_pool(g.avg_pool2d(h, 2, stride=1, out_zero=30), out_zero=200)
-    g.output(g.linear(g.flatten(m), rng.integers(-8, 8, (24, 3)), out_zero=-5), p)
+    g.output(g.linear(g.flatten(m), rng.integers(-8, 8, (36, 3)), out_zero=-5), p)
     _, _, res = _execute(g, TINY, {"x": _values(rng, (6, 5, 4), zero=90)}, host_im2col=False,
                          backends=("reference", "sim", "rtl"))
     assert res["rtl"].cycles == res["sim"].cycles
