@@ -19,10 +19,19 @@ weights), ``Add``, ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``, ``Relu``
 ``Flatten`` and ``Reshape`` to ``(N, F)``. Each quantized compute result becomes one graph
 operator whose requantization maps to the next ``QuantizeLinear``'s scale; a ``Relu`` or
 ``Clip(0, max)`` between is fused, a constant ``Add`` after ``Conv``/``MatMul``/``Gemm``
-folds into the bias. A quantized activation ``q`` with zero point ``z`` is the graph integer
-``v = q - z``; its range ``[q_min - z, q_max - z]`` (cut at 0 after a ``Relu``) must be a
-signed ``[-2^(b-1), 2^(b-1) - 1]`` or unsigned ``[0, 2^b - 1]`` range (int8 with ``z = 0``,
-uint8 with ``z = 0`` or ``128``, int8 after a ``Relu`` = unsigned 7 bits, ...).
+folds into the bias.
+
+Zero points: a quantized activation ``q`` with (per-tensor, any) zero point ``z`` is the
+graph value ``v = q - z``. When ``[q_min - z, q_max - z]`` (cut at 0 after a ``Relu``) is
+itself a plain signed ``[-2^(b-1), 2^(b-1) - 1]`` or unsigned ``[0, 2^b - 1]`` range (int8
+with ``z = 0``, uint8 with ``z = 0`` or ``128``, int8 with ``z = -128`` or int8 after a
+``Relu`` = unsigned 7 or 8 bits, ...) the graph tensor has that format and zero point 0;
+otherwise (asymmetric calibration, ``quantize_static``'s default) it keeps the ONNX format
+and its zero point ``z`` (:class:`~lowbit.compiler.graph.Tensor` ``zero``): the compiler
+folds input zero points into the biases, fills padding borders with ``z`` and the STORE
+adds the output zero point after the ReLU, before the clamp (``docs/onnx.md``). Weights
+need zero point 0; activation zero points are per tensor and QONNX ``zeropt`` must be an
+integer.
 
 Feature maps are NCHW in ONNX (batch 1) and ``(H, W, C)`` in the graph; ``Flatten`` orders
 ``(c, y, x)`` in ONNX and ``(y, x, c)`` in the graph, so the following ``Gemm``/``MatMul``

