@@ -431,6 +431,34 @@ def test_qdq_matmul_int4_storage():
     _check_agreement(d)
 
 
+def test_qdq_4bit_activation_zero_points():
+    """UINT4 input and INT4 output activations with nonzero zero points (opset 21): graph
+    tensors ``u4 zero=11`` and ``i4 zero=-3``; outputs equal onnxruntime's (onnxruntime
+    cannot hand out 4-bit intermediate tensors, so only the model output is compared) and
+    the compiled program equals the graph."""
+    m, _ = _qdq_matmul(np.random.default_rng(5))
+    new = {"zx": oh.make_tensor("zx", TensorProto.UINT4, [], [11]),
+           "zy": oh.make_tensor("zy", TensorProto.INT4, [], [-3]),
+           "sx": nh.from_array(np.array(np.float32(0.3)), "sx"),
+           "sy": nh.from_array(np.array(np.float32(0.4)), "sy")}
+    for init in m.graph.initializer:
+        if init.name in new:
+            init.CopyFrom(new[init.name])
+    m.opset_import[0].version = 21
+    m.ir_version = 10
+    g = import_onnx(m)
+    assert [(g.tensors[t].bits, g.tensors[t].signed, g.tensors[t].zero)
+            for t in ("x", "y")] == [(4, False, 11), (4, True, -3)]
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x = rng.normal(0, 1, (4, 24)).astype(np.float32)
+        feeds = g.quantize_inputs({"x": x})
+        got = g.dequantize_outputs(g.forward(feeds))["y"]
+        assert np.allclose(got, sess.run(None, {"x": x})[0])
+    _check_compiled(g, PRESETS["tiny"], feeds)
+
+
 def test_compile_onnx(tmp_path):
     m, _ = _qdq_matmul(np.random.default_rng(3))
     cfg = PRESETS["tiny"]
