@@ -11,7 +11,8 @@ inputs' borders), the producer stores only the interior, so a consumer's window 
 padding like any other pixel.
 
 Zero points: memory holds ``q = v + zero`` and the array sums ``q``. Every layer's bias
-absorbs its inputs' zero points (:func:`fold_zero_points`): ``- z * sum(w)`` over each
+absorbs its inputs' zero points (:func:`fold_zero_points`, the graph operators'
+``zero_offset``): ``- z * sum(w)`` over each
 output channel's kernel (convolution, linear; border pixels and padding channels have zero
 weights), ``- z * kh * kw`` (average pooling, padding counted), ``- z`` (max pooling, an
 activation), ``- mul_a * z_a - mul_b * z_b`` (residual add); the STORE adds the output's
@@ -162,24 +163,14 @@ def _borders(net: Graph) -> dict[str, tuple[int, int, int, int]]:
 
 def fold_zero_points(net: Graph, op) -> np.ndarray:
     """``op``'s bias for the accelerator, whose accumulator sums stored integers ``q = v +
-    zero``: the graph bias minus each input zero point's contribution (see the module
-    docstring). Raises :class:`CompileError` when it leaves int32."""
+    zero``: the graph bias minus the operator's ``zero_offset`` of its input zero points
+    (see the module docstring). Raises :class:`CompileError` when it leaves int32."""
     z = [net.tensors[s].zero for s in op.srcs]
-    bias = np.asarray(op.bias, np.int64)
-    if isinstance(op, Conv2D):
-        bias = bias - z[0] * op.weight.astype(np.int64).sum(axis=(0, 1, 2))
-    elif isinstance(op, Linear):
-        bias = bias - z[0] * op.weight.astype(np.int64).sum(axis=0)
-    elif isinstance(op, Pool2D):
-        bias = bias - z[0] * (op.kernel[0] * op.kernel[1] if op.mode == "avg" else 1)
-    elif isinstance(op, Add):
-        bias = bias - op.mul_a * z[0] - op.mul_b * z[1]
-    else:
-        bias = bias - z[0]
+    bias = np.asarray(op.bias, np.int64) - op.zero_offset(z)
     if bias.min(initial=0) < -(1 << 31) or bias.max(initial=0) >= 1 << 31:
         raise CompileError(f"{op.name}: the bias with the input zero point {z} folded in "
                            f"({int(bias.min())}..{int(bias.max())}) does not fit int32")
-    return bias
+    return np.broadcast_to(bias, np.shape(op.bias)).copy()
 
 
 def _dedupe(cfg, taps: list[Tap], tiles: list[np.ndarray]):

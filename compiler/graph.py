@@ -15,9 +15,11 @@ zero]`` (:attr:`Tensor.range`; :attr:`Tensor.qrange` is the stored format's):
 Every operator is integer arithmetic that ends in the accelerator's requantization
 (:func:`lowbit.layout.requantize`: ``(acc + bias) * mult``, round half away from zero, shift,
 optional ReLU on ``v``, clamp to the output's value range ``[q_min - zero, q_max - zero]``),
-with ``acc`` wrapped at ``acc_bits``. The arithmetic is on values ``v``; zero points only
-move the clamp (the compiler folds input zero points into the biases and gives the STORE the
-output zero point, see :mod:`lowbit.compiler.conv`):
+with ``acc`` wrapped at ``acc_bits`` as the accelerator wraps it (it sums the stored ``q``,
+i.e. ``acc`` plus the operator's :meth:`zero_offset` of the input zero points). The
+arithmetic is on values ``v``; zero points only move the clamp (the compiler folds the zero
+offset into the bias and gives the STORE the output zero point, see
+:mod:`lowbit.compiler.conv`):
 
 ``Conv2D``
     ``acc[y, x, o] = sum_{ky, kx, i in group(o)} xp[y*sy + ky, x*sx + kx, i] * w[ky, kx, i', o]``
@@ -204,11 +206,21 @@ class _Requant:
     out_unsigned: bool
     out_zero: int = 0
 
-    def requant(self, acc: np.ndarray, acc_bits: int) -> np.ndarray:
-        """The output values ``v = q - out_zero``."""
-        return requantize(wrap(acc, acc_bits), self.bias, self.mult, self.shift,
-                          relu=self.relu, out_bits=self.out_bits,
-                          out_unsigned=self.out_unsigned, zero=self.out_zero) - self.out_zero
+    def requant(self, acc: np.ndarray, acc_bits: int, offset=0) -> np.ndarray:
+        """The output values ``v = q - out_zero`` of accumulator ``acc`` (of values); the
+        accelerator's accumulator holds ``acc + offset`` (:meth:`zero_offset`) and wraps
+        that at ``acc_bits``."""
+        acc = wrap(np.asarray(acc, np.int64) + offset, acc_bits) - offset
+        return requantize(acc, self.bias, self.mult, self.shift, relu=self.relu,
+                          out_bits=self.out_bits, out_unsigned=self.out_unsigned,
+                          zero=self.out_zero) - self.out_zero
+
+    def zero_offset(self, zeros) -> np.ndarray:
+        """What the input zero points ``zeros`` (one per source) add to the accumulator of
+        stored integers ``q = v + zero`` (per output channel or one value); the compiler
+        subtracts it from the bias (``lowbit.compiler.conv.fold_zero_points``). Here: the
+        identity tap of an activation."""
+        return np.int64(zeros[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,6 +260,11 @@ class Conv2D(_Requant):
                 win = xp[ky:ky + sy * (oh - 1) + 1:sy, kx:kx + sx * (ow - 1) + 1:sx, :]
                 acc += np.einsum("hwgi,igo->hwgo", win.reshape(oh, ow, g, cig), w[ky, kx])
         return acc.reshape(oh, ow, cout)
+
+    def zero_offset(self, zeros) -> np.ndarray:
+        """``z * sum(w)`` over each output channel's kernel and input channels (padding
+        reads the value 0, stored as ``z``, so every position counts)."""
+        return zeros[0] * self.weight.astype(np.int64).sum(axis=(0, 1, 2))
 
     def macs(self, graph: Graph) -> int:
         oh, ow, cout = graph.tensors[self.dst].shape
@@ -298,6 +315,12 @@ class Pool2D(_Requant):
             return np.max(wins, axis=0)
         return np.sum(wins, axis=0)
 
+    def zero_offset(self, zeros) -> np.ndarray:
+        """``z`` (the maximum of stored integers) or ``kh * kw * z`` (the window sum,
+        padding counted)."""
+        return np.int64(zeros[0] * (self.kernel[0] * self.kernel[1] if self.mode == "avg"
+                                    else 1))
+
     def macs(self, graph: Graph) -> int:
         return 0
 
@@ -328,6 +351,9 @@ class Add(_Requant):
     def accumulate(self, xs, acc_bits: int) -> np.ndarray:
         a, b = (np.asarray(v, np.int64) for v in xs)
         return self.mul_a * a + self.mul_b * b
+
+    def zero_offset(self, zeros) -> np.ndarray:
+        return np.int64(self.mul_a * zeros[0] + self.mul_b * zeros[1])
 
     def macs(self, graph: Graph) -> int:
         return 0
@@ -384,6 +410,10 @@ class Linear(_Requant):
     def accumulate(self, xs, acc_bits: int) -> np.ndarray:
         return np.asarray(xs[0], np.int64) @ self.weight.astype(np.int64)
 
+    def zero_offset(self, zeros) -> np.ndarray:
+        """``z * sum(w)`` over each output's weight column."""
+        return zeros[0] * self.weight.astype(np.int64).sum(axis=0)
+
     def macs(self, graph: Graph) -> int:
         return int(self.weight.size)
 
@@ -422,10 +452,11 @@ class Flatten:
         return f"{self.name}: {self.dst} = flatten({self.src})"
 
 
-def _forward(op, xs, acc_bits: int) -> np.ndarray:
+def _forward(op, xs, acc_bits: int, zeros) -> np.ndarray:
+    """``op`` on source values ``xs`` whose zero points are ``zeros``."""
     if isinstance(op, Flatten):
         return op.forward(xs, acc_bits)
-    return op.requant(op.accumulate(xs, acc_bits), acc_bits)
+    return op.requant(op.accumulate(xs, acc_bits), acc_bits, op.zero_offset(zeros))
 
 
 def add_factors(ratio: float, limit: int = 256) -> tuple[int, int]:
@@ -481,6 +512,9 @@ class Graph:
             raise GraphError(f"no tensor {name!r}; tensors are "
                              f"{', '.join(self.tensors)}") from None
 
+    def _zeros(self, op) -> list[int]:
+        return [self.tensors[s].zero for s in op.srcs]
+
     def _map(self, name: str, what: str) -> Tensor:
         t = self.tensor(name)
         if not t.is_map:
@@ -493,7 +527,7 @@ class Graph:
         self.ops.append(op)
         if all(s in self.calib for s in op.srcs):
             self.calib[dst.name] = _forward(op, [self.calib[s] for s in op.srcs],
-                                            self.acc_bits)
+                                            self.acc_bits, self._zeros(op))
         return dst.name
 
     def _out_scale(self, acc_unit, srcs, accumulate, out_scale, out_bits, unsigned, relu,
@@ -799,7 +833,8 @@ class Graph:
             raise GraphError(f"input {missing[0]!r} is missing; inputs are "
                              f"{', '.join(self.inputs)}")
         for op in self.ops:
-            vals[op.dst] = _forward(op, [vals[s] for s in op.srcs], self.acc_bits)
+            vals[op.dst] = _forward(op, [vals[s] for s in op.srcs], self.acc_bits,
+                                    self._zeros(op))
         return vals
 
     def forward(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

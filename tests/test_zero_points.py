@@ -213,3 +213,23 @@ def test_zero_points_on_rtl():
     _, _, res = _execute(g, TINY, {"x": _values(rng, (6, 5, 4), zero=90)}, host_im2col=False,
                          backends=("reference", "sim", "rtl"))
     assert res["rtl"].cycles == res["sim"].cycles
+
+
+def test_accumulator_wraps_like_the_hardware():
+    """With 16-bit accumulators the sums of stored integers ``q = v + zero`` wrap where the
+    sums of values would not (and the other way round): the graph model wraps ``acc +
+    zero_offset`` as the accelerator does, so the program still equals it bit for bit."""
+    cfg = PRESETS["8x8"].replace(acc_bits=16)
+    rng = np.random.default_rng(8)
+    x = rng.integers(-3, 4, (5, 5, 8))             # values near 0, stored near 250
+    g = Graph("wrap", weight_bits=8, acc_bits=16)
+    a = g.input("x", (5, 5, 8), signed=False, zero=250, calib=x)
+    w = rng.integers(60, 128, (3, 3, 8, 8))
+    h = g.conv2d(a, w, padding=1, out_scale=0.2, out_signed=False, out_zero=128)
+    y = g.linear(g.flatten(h), rng.integers(-128, 128, (200, 6)), out_scale=4.0,
+                 out_zero=-7)
+    g.output(h, y)
+    op = g.ops[0]
+    acc = op.accumulate([x], 16)
+    assert np.abs(acc).max() < 1 << 15 < np.abs(acc + op.zero_offset([250])).max()
+    _execute(g, cfg, {"x": x})
