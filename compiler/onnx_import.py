@@ -460,7 +460,9 @@ class _Importer:
             elif isinstance(v, _QInt):
                 t = self.g.tensors[v.t]
                 self.g.output(v.t)
-                self.g.onnx_outputs[vo.name] = (v.t, v.scale, v.zero, *t.range, dims, v.perm)
+                lo, hi = t.range        # values q - zero: the ONNX integers' range
+                self.g.onnx_outputs[vo.name] = (v.t, v.scale, v.zero, lo + v.zero,
+                                                hi + v.zero, dims, v.perm)
             else:
                 raise OnnxImportError(f"graph output {vo.name!r} is not a quantized tensor "
                                       f"(end the model with QuantizeLinear/DequantizeLinear "
