@@ -213,8 +213,9 @@ def compile_network(net: Graph, cfg: AccelConfig, *, batch: int = 1, host_im2col
                     dump_fn: Callable[[str, str], None] | None = None) -> Program:
     """Compile a :class:`~lowbit.compiler.graph.Graph` (see :mod:`lowbit.compiler.conv`).
 
-    Program inputs and outputs keep the graph's tensor names; feature maps are stored with
-    their zero border, so convert values with :func:`lowbit.compiler.conv.pack_inputs` and
+    Program inputs and outputs keep the graph's tensor names and hold stored integers ``q =
+    v + zero``; feature maps are stored with their border (of value 0, ``q = zero``), so
+    convert values with :func:`lowbit.compiler.conv.pack_inputs` and
     :func:`~lowbit.compiler.conv.unpack_outputs` (their description is in
     ``program.meta["network"]``). The outputs equal ``net.forward(inputs)``. ``batch`` is
     the row count of flat inputs (networks with feature maps run batch 1);
