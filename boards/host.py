@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..checks import store_groups
 from ..hw.board_top import config_hash
 from ..hw.uart import (
     ACK,
@@ -174,7 +175,8 @@ def program_extents(program: Program) -> dict[str, list[tuple[int, int]]]:
                         ins.dram_addr + r * ins.stride + ins.row_beats * beat)
                        for r in range(ins.rows)]
         elif ins.opcode == Opcode.STORE:
-            stores.append((ins.dram_addr, ins.dram_addr + ins.rows * cfg.out_line_bits // 8))
+            rows, groups = store_groups(cfg, ins)
+            stores += [(d, d + rows * cfg.out_line_bits // 8) for _, d in groups]
     outputs = [(r.addr, r.addr + act_bytes(cfg, r.rows, r.cols)) for r in program.outputs]
     merged = _merge(upload)
     everything = merged + stores + outputs

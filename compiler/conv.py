@@ -44,8 +44,9 @@ larger x stride the LOAD's stride walks every ``sx``-th pixel of one image row. 
 then one COMPUTE over ``(rows - 1) * pitch + cols`` consecutive slab lines starting at its
 phase plane plus ``(ky // sy) * pitch + kx // sx``: output pixel ``(r, c)`` lands in
 accumulator line ``r * pitch + c``; the ``pitch - cols`` lines between rows are computed
-and never stored. One STORE per output row writes the tile's rows into the destination's
-interior (one STORE for the whole tile when neither has gaps).
+and never stored. One 2-D STORE per channel block writes the tile's rows (a group per
+output row, ``pitch`` accumulator lines and the destination's row width in DRAM apart) into
+the destination's interior (a 1-D STORE of the whole tile when neither side has gaps).
 
 This needs one activation line to be whole bus beats (``act_line_bits >= bus_bits``: the
 presets ``tiny``, ``8x8``, ``16x16`` and ``default`` have ``act_line_bits == bus_bits``),
@@ -77,9 +78,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit import layout
+from lowbit import isa, layout
 from lowbit.config import AccelConfig
 from lowbit.isa import LoadTarget, Opcode
+from lowbit.timing import STORE_STAGES
 
 from .graph import Activation, Add, Conv2D, Flatten, Graph, Linear, Pool2D
 from .ir import GraphIR, LinearSpec, Op, SpatialSpec, SpatialTiling, Tap, TensorSpec, TiledIR
@@ -510,9 +512,28 @@ def _slab_keys(ly: SpatialSpec, n: int | None = None) -> list[tuple[int, int]]:
     return keys
 
 
+def _field_max(name: str) -> int:
+    return (1 << isa.field_offsets(Opcode.STORE)[name][1]) - 1
+
+
+def _store_spans(g: GraphIR, ly: SpatialSpec, pitch: int, nr: int,
+                 nc: int) -> list[tuple[int, int, int]]:
+    """The STOREs of one channel block of an ``nr x nc`` output tile whose rows are ``pitch``
+    accumulator lines apart: ``(first output row, groups, lines per group)`` each. One STORE
+    of ``nr * nc`` lines when neither side has gaps; else one 2-D STORE of ``nr`` groups
+    (one per output row), split only where a field would overflow: chunks of rows when
+    ``reps`` or the line total would, one STORE per row when a pitch would."""
+    dst_w = g.tensor(ly.dst).buf_hw[1]
+    if pitch == nc and dst_w == nc:
+        return [(0, 1, nr * nc)]
+    if nr > 1 and (pitch > _field_max("acc_pitch") or dst_w > _field_max("dram_pitch")):
+        return [(r, 1, nc) for r in range(nr)]
+    most = min(_field_max("reps_m1") + 1, isa.STORE_MAX_LINES // nc)
+    return [(r, min(most, nr - r), nc) for r in range(0, nr, most)]
+
+
 def _stores_per_tile(g: GraphIR, ly: SpatialSpec, geo: _Geometry, nr: int, nc: int) -> int:
-    dst = g.tensor(ly.dst)
-    return 1 if geo.pitch == nc and dst.buf_hw[1] == nc else nr
+    return len(_store_spans(g, ly, geo.pitch, nr, nc))
 
 
 def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | None:
@@ -546,18 +567,21 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     n_w = n_tiles if w_res else nt * n_tiles
     wload = n_w * wtb + _XFER * _ceil_div(n_w, wg)
     spt = _stores_per_tile(g, ly, geo, nr, nc)
-    store = nt * nb * (spt * _XFER + nr * nc * lb + 4)
+    # the store unit per tile and block: a pipeline fill per STORE, a beat per line
+    # (lowbit.timing.STORE_STAGES)
+    store_busy = spt * (STORE_STAGES + 1) + nr * nc * max(1, lb)
+    store = nt * nb * (store_busy + 4)
     instrs = nt * n_taps + slabs * loads_per_slab + _ceil_div(n_w, wg) + nt * nb * spt
     fetch = (2 + _XFER + _ceil_div(cfg.fetch_burst * 16, B) + cfg.fetch_burst) \
         / cfg.fetch_burst
     dispatch = int(instrs * fetch)
     prologue = beats_per_slab + _XFER * loads_per_slab + min(wg, n_tiles) * wtb + 2 * _XFER
-    epilogue = R + C + spt * (nc * lb + _XFER)
+    epilogue = R + C + nb * store_busy + _XFER     # the last tile's blocks drain
     cost = max(comp, act + wload, store, dispatch) + prologue + epilogue
     if not (resident and slots >= 2 * len(keys)):
         cost += (nt - 1) * max(0, beats_per_slab + _XFER * loads_per_slab - per_compute)
     tile_time = max(1, len(ly.taps_of(0)) * per_compute)
-    drain = R + C + 2 + spt * (nc * lb + _XFER) + _XFER
+    drain = R + C + 2 + store_busy + 2 * _XFER
     buffers = min(cfg.acc_depth // rows,
                   2 + _ceil_div(max(0, drain - tile_time), tile_time))
     cost += nt * nb * max(0, drain - (buffers - 1) * tile_time)
@@ -587,12 +611,15 @@ def _global_window(cfg, ly: SpatialSpec) -> tuple[int, int] | None:
 
 
 def _uniform_store(g: GraphIR, ly: SpatialSpec) -> bool:
-    """One STORE can write every block of a 1x1 output: one line per block, full blocks and
-    the same requantization for every channel."""
+    """One STORE can write every block of a 1x1 output: full blocks and the same
+    requantization for every channel; a 1-D STORE of one line per block, or a 2-D STORE of
+    a group per block when the destination has a border (block planes of more than one line,
+    the plane size fitting ``dram_pitch``)."""
     cfg = g.config
-    dst = g.tensor(ly.dst)
-    return layout.padded_rows(cfg, dst.rows) == 1 and ly.n % cfg.cols == 0 and all(
-        np.all(v == v[0]) for v in (ly.bias, ly.mult, ly.shift))
+    mp = layout.padded_rows(cfg, g.tensor(ly.dst).rows)
+    nb = layout.blocks(cfg, ly.n)
+    return (mp == 1 or (mp <= _field_max("dram_pitch") and nb <= _field_max("reps_m1") + 1)) \
+        and ly.n % cfg.cols == 0 and all(np.all(v == v[0]) for v in (ly.bias, ly.mult, ly.shift))
 
 
 def _plan_reduce(cfg, g, ly, index, window, *, param_group, param_slots) -> SpatialTiling:
@@ -860,17 +887,20 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
             if pgrp not in p_slot:
                 load_params(pgrp, ci)
             pline_no = p_slot[pgrp] * pg + n - pgrp * pg
-            merged = pitch == nc and dst.buf_hw[1] == nc
-            spans = [(0, nr * nc)] if merged else [(r * pitch, nc) for r in range(nr)]
             ops = []
-            for i, (a0, count) in enumerate(spans):
-                line = dst.line(y0 + (0 if merged else i), x0)
-                ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + a0, rows=count,
+            for r0, reps, count in _store_spans(g, ly, pitch, nr, nc):
+                line = dst.line(y0 + r0, x0)
+                two_d = dict(reps_m1=reps - 1, acc_pitch=pitch, dram_pitch=dst.buf_hw[1]) \
+                    if reps > 1 else {}
+                ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + r0 * pitch, rows=count,
                                    param_addr=pline_no, relu=int(ly.relu),
                                    out_bits=ly.out_bits, out_unsigned=int(ly.out_unsigned),
                                    dram_addr=(n * dst_mp + line) * C, region=ly.dst,
-                                   note=f"{ly.name} t{ti} n{n} row {y0 + i}"))
-                dst_written[n, line:line + count] = ci
+                                   note=f"{ly.name} t{ti} n{n} rows {y0 + r0}.."
+                                        f"{y0 + r0 + max(reps, count // nc) - 1}", **two_d))
+                for r in range(reps):
+                    gl = line + r * dst.buf_hw[1]
+                    dst_written[n, gl:gl + count] = ci
             bld.stores.setdefault(ci, []).extend(ops)
             bld.p_use[pline_no] = ci
     bld.state = (state["wpos"], state["ppos"], tile_no)
@@ -929,11 +959,14 @@ def _reduce(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTiling, tile_
         if pgrp not in p_slot:
             load_params(pgrp, ci)
         pline_no = p_slot[pgrp] * pg + n - pgrp * pg
-        ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + n, rows=count, param_addr=pline_no,
+        # blocks one plane of dst_mp lines apart: 1-D when the planes are single lines
+        shape = dict(rows=count) if dst_mp == 1 or count == 1 else \
+            dict(rows=1, reps_m1=count - 1, acc_pitch=1, dram_pitch=dst_mp)
+        ops.append(Op.make(Opcode.STORE, acc_addr=acc0 + n, param_addr=pline_no,
                            relu=int(ly.relu), out_bits=ly.out_bits,
                            out_unsigned=int(ly.out_unsigned),
                            dram_addr=(n * dst_mp + line) * C, region=ly.dst,
-                           note=f"{ly.name} blocks {n}..{n + count - 1}"))
+                           note=f"{ly.name} blocks {n}..{n + count - 1}", **shape))
         bld.written[ly.dst][n:n + count, line] = ci
         bld.p_use[pline_no] = ci
     bld.stores.setdefault(ci, []).extend(ops)

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lowbit import isa
+from lowbit.checks import store_groups
 from lowbit.isa import LoadTarget, Opcode, Unit
 from lowbit.layout import PARAM_BYTES
 
@@ -104,13 +105,13 @@ def accesses(cfg, opcode: Opcode, f: dict[str, int]) -> list[Access]:
             out.append(Access("acc", ((c, c + rows),), False))
         out.append(Access("acc", ((c, c + rows),), True))
     elif opcode == Opcode.STORE:
-        rows, c = f.get("rows", 0), f.get("acc_addr", 0)
-        out.append(Access("acc", ((c, c + rows),), False))
+        # 2-D: every group reads its accumulator lines and writes its DRAM bytes
+        rows, groups = store_groups(cfg, f)
+        out.append(Access("acc", tuple((a, a + rows) for a, _ in groups), False))
         p = f.get("param_addr", 0)
         line = C * PARAM_BYTES
         out.append(Access("param", (_span(p * line, (p + 1) * line, B),), False))
-        d = f.get("dram_addr", 0)
-        out.append(Access("dram", (_span(d, d + rows * C, B),), True))
+        out.append(Access("dram", tuple(_span(d, d + rows * C, B) for _, d in groups), True))
     return out
 
 

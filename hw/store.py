@@ -30,6 +30,16 @@ class StoreUnit(wiring.Component):
     spans several beats on narrow ones). AW bursts are issued one per cycle independently of the
     data. Every stage stalls while ``wvalid & ~wready``.
 
+    A 2-D STORE (``reps_m1 + 1`` groups of ``rows`` lines) is one stream through that
+    pipeline: the read side walks the groups without a gap (after a group's last line the
+    next read is at the group's base plus ``acc_pitch``), and the address and W sides each
+    walk the groups' DRAM addresses (base plus ``dram_pitch`` lines), splitting every group
+    into its own bursts (at most ``max_burst`` beats, never across 4 KiB), so no burst and,
+    as a group is whole beats, no beat mixes two groups. The group bases are registers
+    advanced by a registered pitch. Started at edge ``S``, a STORE offers its last W beat at
+    edge ``S + STORE_STAGES + 1 + max(beats, lines)`` (``lines = reps * rows``, ``beats``
+    their bus beats) without back-pressure, as a 1-D STORE of that many lines would.
+
     Once its last beat is in the W register the next STORE may start, while the write
     responses are outstanding: up to :data:`~lowbit.timing.STORE_INFLIGHT` STOREs are
     started and not completed. Each completes (and pushes) on the edge of its own last B
@@ -68,22 +78,35 @@ class StoreUnit(wiring.Component):
         uns = Signal()
         lo = Signal(signed(10))
         hi = Signal(signed(10))
+        # 2-D walk: per side, the current group's base and what is left of it, and the groups
+        # after it. ``rows_r`` / ``group_beats`` reload a group; the pitches advance a base.
+        PB = 14 + exact_log2(L // 8)                 # dram_pitch in bytes
+        rows_r = Signal(16)
+        group_beats = Signal(21)
+        acc_pitch = Signal(10)
+        dram_pitch = Signal(PB)
         rd_ptr = Signal(16)
-        rd_left = Signal(17)
+        rd_base = Signal(16)
+        rd_left = Signal(16)        # lines of the current group not yet read
+        rd_groups = Signal(10)      # groups after the current one
         throttle = Signal(range(max(2, L // W + 1)))
         aw_addr = Signal(32)
-        aw_left = Signal(21)
+        aw_base = Signal(32)
+        aw_left = Signal(21)        # beats of the current group without an AW yet
+        aw_groups = Signal(10)
         w_addr = Signal(32)
-        w_left = Signal(21)
+        w_base = Signal(32)
+        w_left = Signal(21)         # beats of the current group not yet in a framed burst
+        w_groups = Signal(10)
         w_in_burst = Signal(9)
-        beats_left = Signal(21)     # beats not yet in the W register
         active = Signal()           # a STORE is reading / streaming
         prm_load = Signal()         # the parameter line is on prm_data: register it
         sync_st = Signal()          # a SYNC gives its token on this cycle
         outstanding = Signal(range(N + 1))   # STOREs started and not completed
-        # Bursts issued and responses received, ever, modulo 2^CW: a STORE has fewer than
-        # 2^21 bursts (aw_left), so fewer than 2^CW are ever outstanding.
-        CW = 21 + ceil_log2(N) + 1
+        # Bursts issued and responses received, ever, modulo 2^CW: a STORE has at most
+        # STORE_MAX_LINES lines, so at most MB bursts, and fewer than 2^CW are ever outstanding.
+        MB = isa.STORE_MAX_LINES * max(1, L // W)
+        CW = ceil_log2(MB + 1) + ceil_log2(N) + 1
         aw_issued = Signal(CW)
         b_seen = Signal(CW)
 
@@ -106,7 +129,9 @@ class StoreUnit(wiring.Component):
         ]
         m.d.sync += b_seen.eq(b_seen + b_fire)
         fin = Signal()
-        m.d.comb += [fin.eq(active & (beats_left == 0) & (aw_left == 0)),
+        # The last beat is in the W register once the last group's last burst is framed and
+        # sent (a group with more after it reloads w_left when its last burst is framed).
+        m.d.comb += [fin.eq(active & (w_left == 0) & (w_in_burst == 0) & (aw_left == 0)),
                      done_q.w_en.eq(fin), done_q.w_data.eq(Cat(aw_issued, push_prev))]
         with m.If(fin):
             m.d.sync += active.eq(0)
@@ -138,15 +163,24 @@ class StoreUnit(wiring.Component):
                     uns.eq(unsigned),
                     hi.eq(Mux(unsigned, (1 << bits) - 1, (1 << (bits - 1)[:4]) - 1)),
                     lo.eq(Mux(unsigned, 0, -(1 << (bits - 1)[:4]))),
+                    rows_r.eq(field(ins, F, "rows")),
+                    group_beats.eq(nbeats),
+                    acc_pitch.eq(field(ins, F, "acc_pitch")),
+                    dram_pitch.eq(field(ins, F, "dram_pitch") << exact_log2(L // 8)),
                     rd_ptr.eq(field(ins, F, "acc_addr")),
+                    rd_base.eq(field(ins, F, "acc_addr")),
                     rd_left.eq(field(ins, F, "rows")),
+                    rd_groups.eq(field(ins, F, "reps_m1")),
                     throttle.eq(0),
                     aw_addr.eq(field(ins, F, "dram_addr")),
+                    aw_base.eq(field(ins, F, "dram_addr")),
                     aw_left.eq(nbeats),
+                    aw_groups.eq(field(ins, F, "reps_m1")),
                     w_addr.eq(field(ins, F, "dram_addr")),
+                    w_base.eq(field(ins, F, "dram_addr")),
                     w_left.eq(nbeats),
+                    w_groups.eq(field(ins, F, "reps_m1")),
                     w_in_burst.eq(0),
-                    beats_left.eq(nbeats),
                     active.eq(1),
                     prm_load.eq(1),
                 ]
@@ -154,13 +188,13 @@ class StoreUnit(wiring.Component):
                 m.d.sync += sync_st.eq(1)
 
         # -- address channel ----------------------------------------------------------------
-        aw_len = burst_len(m, aw_addr, aw_left, beat_bytes=B, max_burst=cfg.max_burst)
+        aw_len, aw_ends = _burst(m, aw_addr, aw_left, beat_bytes=B, max_burst=cfg.max_burst)
         with m.If(~axi.awvalid | axi.awready):
             with m.If(active & (aw_left != 0)):
                 m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(aw_addr),
-                             axi.awlen.eq(aw_len - 1),
-                             aw_addr.eq(aw_addr + (aw_len << exact_log2(B))),
-                             aw_left.eq(aw_left - aw_len), aw_issued.eq(aw_issued + 1)]
+                             axi.awlen.eq(aw_len - 1), aw_issued.eq(aw_issued + 1)]
+                _advance(m, aw_ends & (aw_groups != 0), aw_addr, aw_left, aw_len, aw_base,
+                         aw_groups, dram_pitch, group_beats, B)
             with m.Else():
                 m.d.sync += axi.awvalid.eq(0)
 
@@ -223,7 +257,12 @@ class StoreUnit(wiring.Component):
             m.d.sync += v[0].eq(issue)
             m.d.sync += [v[k].eq(v[k - 1]) for k in range(1, STORE_STAGES)]
             with m.If(issue):
-                m.d.sync += [rd_ptr.eq(rd_ptr + 1), rd_left.eq(rd_left - 1)]
+                with m.If((rd_left == 1) & (rd_groups != 0)):     # on to the next group
+                    nxt = (rd_base + acc_pitch)[:16]
+                    m.d.sync += [rd_ptr.eq(nxt), rd_base.eq(nxt), rd_left.eq(rows_r),
+                                 rd_groups.eq(rd_groups - 1)]
+                with m.Else():
+                    m.d.sync += [rd_ptr.eq(rd_ptr + 1), rd_left.eq(rd_left - 1)]
                 if L > W:
                     m.d.sync += throttle.eq(L // W - 1)
             with m.Elif(throttle != 0):
@@ -286,15 +325,36 @@ class StoreUnit(wiring.Component):
                 m.d.sync += [acc_beat.eq(beat >> L), count.eq(count + 1)]
 
         # Output register with burst framing.
-        w_len = burst_len(m, w_addr, w_left, beat_bytes=B, max_burst=cfg.max_burst)
+        w_len, w_ends = _burst(m, w_addr, w_left, beat_bytes=B, max_burst=cfg.max_burst)
         with m.If(adv):
             m.d.sync += axi.wvalid.eq(beat_valid)
             with m.If(beat_valid):
-                m.d.sync += [axi.wdata.eq(beat), beats_left.eq(beats_left - 1)]
+                m.d.sync += axi.wdata.eq(beat)
                 with m.If(w_in_burst == 0):
-                    m.d.sync += [axi.wlast.eq(w_len == 1), w_in_burst.eq(w_len - 1),
-                                 w_addr.eq(w_addr + (w_len << exact_log2(B))),
-                                 w_left.eq(w_left - w_len)]
+                    m.d.sync += [axi.wlast.eq(w_len == 1), w_in_burst.eq(w_len - 1)]
+                    _advance(m, w_ends & (w_groups != 0), w_addr, w_left, w_len, w_base,
+                             w_groups, dram_pitch, group_beats, B)
                 with m.Else():
                     m.d.sync += [axi.wlast.eq(w_in_burst == 1), w_in_burst.eq(w_in_burst - 1)]
         return m
+
+
+def _burst(m, addr, left, *, beat_bytes, max_burst):
+    """The next burst's length (:func:`~lowbit.hw.load.burst_len`) and whether it ends the
+    group (``left`` fits it), compared in parallel rather than after the length."""
+    n = burst_len(m, addr, left, beat_bytes=beat_bytes, max_burst=max_burst)
+    to_4k = Signal(range(4096 // beat_bytes + 1))
+    ends = Signal()
+    m.d.comb += [to_4k.eq((4096 - addr[:12]) >> exact_log2(beat_bytes)),
+                 ends.eq((left <= max_burst) & (left <= to_4k))]
+    return n, ends
+
+
+def _advance(m, next_group, addr, left, n, base, groups, pitch, group_beats, beat_bytes):
+    """After a burst of ``n`` beats at ``addr``: the next burst of the group, or (with
+    ``next_group``) the first of the next group, at the registered ``base + pitch``."""
+    with m.If(next_group):
+        nxt = (base + pitch)[:32]
+        m.d.sync += [addr.eq(nxt), base.eq(nxt), left.eq(group_beats), groups.eq(groups - 1)]
+    with m.Else():
+        m.d.sync += [addr.eq(addr + (n << exact_log2(beat_bytes))), left.eq(left - n)]

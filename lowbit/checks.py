@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import isa
 from .isa import LoadTarget, Opcode
 
-__all__ = ["check_program", "memory_beats"]
+__all__ = ["check_program", "memory_beats", "store_groups"]
 
 
 def memory_beats(cfg, target: LoadTarget) -> int:
@@ -15,6 +15,53 @@ def memory_beats(cfg, target: LoadTarget) -> int:
     if target == LoadTarget.WEIGHT:
         return cfg.weight_words
     return cfg.param_depth * cfg.param_line_bits // cfg.bus_bits
+
+
+def store_groups(cfg, ins) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """``(rows, groups)`` of a 2-D STORE (an :class:`~lowbit.isa.Instr` or a dict of its
+    fields): the lines per group and, per group in order, its first accumulator line and the
+    byte address of its first line (``docs/isa.md``)."""
+    if isinstance(ins, dict):
+        def get(name):
+            return ins.get(name, 0)
+    else:
+        def get(name):
+            return getattr(ins, name)
+    acc, dram = get("acc_addr"), get("dram_addr")
+    acc_pitch = get("acc_pitch")
+    dram_pitch = get("dram_pitch") * (cfg.out_line_bits // 8)
+    return get("rows"), tuple((acc + g * acc_pitch, dram + g * dram_pitch)
+                              for g in range(get("reps_m1") + 1))
+
+
+def _check_store(cfg, ins, bad) -> None:
+    beat, line = cfg.beat_bytes, cfg.out_line_bits // 8
+    reps = ins.reps_m1 + 1
+    if ins.rows < 1:
+        bad("rows must be at least 1")
+    if reps * ins.rows > isa.STORE_MAX_LINES:
+        bad(f"writes {reps} groups of {ins.rows} lines = {reps * ins.rows} lines; a STORE "
+            f"writes at most {isa.STORE_MAX_LINES}")
+    last_acc = ins.acc_addr + (reps - 1) * ins.acc_pitch + ins.rows - 1
+    if last_acc >= cfg.acc_depth:
+        bad(f"reads accumulator lines up to {last_acc}, acc_depth is {cfg.acc_depth}")
+    if ins.param_addr >= cfg.param_depth:
+        bad(f"param_addr must be below param_depth={cfg.param_depth}")
+    if not 2 <= ins.out_bits <= 8:
+        bad(f"out_bits must be from 2 to 8, not {ins.out_bits}")
+    nbytes = ins.rows * line
+    if nbytes % beat:
+        bad(f"a group of {ins.rows} lines is {nbytes} bytes; it must be a multiple of the "
+            f"{beat}-byte beat")
+    if ins.dram_addr % beat:
+        bad(f"dram_addr {ins.dram_addr:#x} must be a multiple of the {beat}-byte beat")
+    pitch = ins.dram_pitch * line
+    if reps > 1 and pitch % beat:
+        bad(f"dram_pitch {ins.dram_pitch} lines is {pitch} bytes; with {reps} groups it must "
+            f"be a multiple of the {beat}-byte beat")
+    end = ins.dram_addr + (reps - 1) * pitch + nbytes
+    if end > cfg.mem_bytes:
+        bad(f"writes up to {end:#x} (group {reps - 1}), beyond mem_bytes={cfg.mem_bytes:#x}")
 
 
 def check_program(prog) -> None:
@@ -68,21 +115,7 @@ def check_program(prog) -> None:
                 bad(f"weight tile at word {ins.weight_addr} overruns the "
                     f"{cfg.weight_words}-word weight scratchpad")
         elif ins.opcode == Opcode.STORE:
-            if ins.rows < 1:
-                bad("rows must be at least 1")
-            if ins.acc_addr + ins.rows > cfg.acc_depth:
-                bad(f"reads accumulator lines up to {ins.acc_addr + ins.rows - 1}, "
-                    f"acc_depth is {cfg.acc_depth}")
-            if ins.param_addr >= cfg.param_depth:
-                bad(f"param_addr must be below param_depth={cfg.param_depth}")
-            if not 2 <= ins.out_bits <= 8:
-                bad(f"out_bits must be from 2 to 8, not {ins.out_bits}")
-            nbytes = ins.rows * cfg.out_line_bits // 8
-            if ins.dram_addr % beat or nbytes % beat:
-                bad(f"stores {nbytes} bytes at {ins.dram_addr:#x}; both must be multiples "
-                    f"of the {beat}-byte beat")
-            if ins.dram_addr + nbytes > cfg.mem_bytes:
-                bad(f"writes beyond mem_bytes={cfg.mem_bytes:#x}")
+            _check_store(cfg, ins, bad)
         elif ins.opcode == Opcode.SYNC:
             if ins.get("unit") not in tuple(isa.Unit):
                 bad(f"unit must be one of {[u.value for u in isa.Unit]}")

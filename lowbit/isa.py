@@ -29,6 +29,7 @@ __all__ = [
     "INSTR_BITS",
     "INSTR_BYTES",
     "ISA_VERSION",
+    "STORE_MAX_LINES",
     "TOKEN_COUNTER_BITS",
     "Instr",
     "IsaError",
@@ -46,6 +47,8 @@ ISA_VERSION = 2
 #: Width of each dependency-token counter; at most 2**bits - 1 tokens may be outstanding.
 TOKEN_COUNTER_BITS = 8
 INSTR_BITS = 128
+#: Lines one STORE may write in all (``reps * rows``): bounds the store unit's counters.
+STORE_MAX_LINES = (1 << 16) - 1
 INSTR_BYTES = INSTR_BITS // 8
 
 
@@ -106,13 +109,16 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("reduce", 1),         # every row into acc_addr; rows after the first accumulate
     ),
     Opcode.STORE: (
-        ("acc_addr", 16),      # first accumulator line
-        ("rows", 16),          # lines stored (>= 1)
+        ("acc_addr", 16),      # first accumulator line of group 0
+        ("rows", 16),          # lines per group (>= 1)
         ("param_addr", 16),    # parameter line holding the cols channels' parameters
         ("relu", 1),           # clamp below at zero
         ("out_bits", 4),       # output width, 2..8
         ("out_unsigned", 1),   # output range 0..2^bits-1 instead of signed
-        ("dram_addr", 32),     # byte address, beat aligned
+        ("dram_addr", 32),     # byte address of group 0, beat aligned
+        ("reps_m1", 10),       # 2-D: reps_m1 + 1 groups of rows lines (1..1024)
+        ("acc_pitch", 10),     # accumulator lines from one group to the next
+        ("dram_pitch", 14),    # output lines (cols bytes) from one group to the next
     ),
     Opcode.SYNC: (
         ("unit", 2),           # Unit that executes the no-op
@@ -297,7 +303,8 @@ def render_markdown() -> str:
         out.append(f"| {offset:#04x} | {name} | {access} | {meaning} |")
     out += ["", f"`ID` reads `{ID_VALUE:#010x}`.", ""]
     out += [_SEMANTICS.replace("{bits}", str(TOKEN_COUNTER_BITS))
-            .replace("{most}", str((1 << TOKEN_COUNTER_BITS) - 1))]
+            .replace("{most}", str((1 << TOKEN_COUNTER_BITS) - 1))
+            .replace("{store_lines}", str(STORE_MAX_LINES))]
     return "\n".join(out)
 
 
@@ -337,6 +344,15 @@ read as int8, or as uint8 if `out_unsigned`):
 `x = (acc + bias) * mult`; `y = x` if `shift == 0`, else
 `y = (x + 2^(shift-1) - (x < 0)) >> shift` (arithmetic shift): **round half away from zero**;
 `y = max(y, 0)` if `relu`; then `q = y + z_out` clamped to `[-2^(out_bits-1),
-2^(out_bits-1)-1]`, or `[0, 2^out_bits-1]` if `out_unsigned`. Lines are written as bytes to
-consecutive addresses from `dram_addr`. Completes when every write response has arrived.
+2^(out_bits-1)-1]`, or `[0, 2^out_bits-1]` if `out_unsigned`. A line is written as `cols`
+bytes (`line_bytes`).
+
+A STORE is 2-D: it writes `reps = reps_m1 + 1` groups of `rows` lines. Group `g` (in
+order) reads accumulator lines `acc_addr + g * acc_pitch + (0 .. rows-1)` and writes them
+to consecutive bytes from `dram_addr + g * dram_pitch * line_bytes`; with `reps_m1 = 0`
+the pitches are unused and the STORE writes `rows` lines from `dram_addr`. Each group's
+`rows * line_bytes` bytes must be whole bus beats and its address beat aligned; all groups
+together hold at most `{store_lines}` lines. Each group is split into AXI4 INCR bursts of at most
+`max_burst` beats that never cross a 4 KiB boundary. Completes when every write response
+has arrived.
 """

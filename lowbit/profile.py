@@ -50,7 +50,7 @@ def profile_program(program: Program, *, mem_latency: int = DEFAULT_MEM_LATENCY)
         elif ins.opcode == Opcode.LOAD:
             row["dram_read_bytes"] += ins.rows * ins.row_beats * cfg.beat_bytes
         elif ins.opcode == Opcode.STORE:
-            row["dram_write_bytes"] += ins.rows * cfg.out_line_bits // 8
+            row["dram_write_bytes"] += (ins.reps_m1 + 1) * ins.rows * cfg.out_line_bits // 8
         del unit
     useful = {ly.get("name"): ly.get("macs") for ly in program.meta.get("layers", [])}
     rows = []

@@ -17,7 +17,9 @@ SCALE = 2
 #: Register stages of the store unit from an accumulator read to the requantized line (read,
 #: memory output, ``+ bias``, partial products, ``* mult``, rounding add, shift, clamp). A
 #: STORE started at edge ``S`` offers its last W beat at edge
-#: ``S + STORE_STAGES + 1 + max(beats, rows)``; the next STORE may start on that edge.
+#: ``S + STORE_STAGES + 1 + max(beats, lines)``, where ``lines = reps * rows`` counts every
+#: group of a 2-D STORE and ``beats`` their bus beats: the groups follow each other without
+#: a gap, so a STORE fills the pipeline once. The next STORE may start on that edge.
 STORE_STAGES = 8
 #: STOREs that may be started and not yet completed (waiting for their B responses).
 STORE_INFLIGHT = 4

@@ -31,9 +31,11 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
   COMPUTE reads ``dw_taps - 1`` more lines after them, holding S as long); completes
   ``result`` edges after its last row ``X + rows``.
 * store: start ``S`` >= dispatch + 1 and >= the previous STORE's last W beat ``S' + F +
-  max(beats', rows')`` with ``F = STORE_STAGES + 1``; completes at ``S + F + max(beats,
-  rows) + L`` (its last B response), in order; at most ``STORE_INFLIGHT`` STOREs started and
-  not completed; a SYNC starts after every earlier STORE completed.
+  max(beats', lines')`` with ``F = STORE_STAGES + 1`` (``lines = reps * rows`` over all
+  groups of a 2-D STORE, ``beats`` their bus beats: one pipeline fill per STORE); completes
+  at ``S + F + max(beats, lines) + L`` (its last B response), in order; at most
+  ``STORE_INFLIGHT`` STOREs started and not completed; a SYNC starts after every earlier
+  STORE completed.
 """
 
 from __future__ import annotations
@@ -254,9 +256,10 @@ def simulate_timing(program: Program, *, mem_latency: int,
                 start = max(start, tok["compute->store"].take_edge(i))
             counters["store_wait"] += start - ready
             if ins.opcode == Opcode.STORE:
-                beats = ins.rows * tm.out_line_bits // tm.bus_bits
+                lines = (ins.reps_m1 + 1) * ins.rows       # every group, one pipeline fill
+                beats = lines * tm.out_line_bits // tm.bus_bits
                 # The next STORE may start on the edge of this one's last W beat.
-                store_free = start + STORE_STAGES + 1 + max(beats, ins.rows)
+                store_free = start + STORE_STAGES + 1 + max(beats, lines)
                 end = store_free + L
                 store_ends.append(end)
                 busy = (start, store_free - 1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from lowbit import layout
+from lowbit.checks import store_groups
 from lowbit.executors import RunResult
 from lowbit.isa import LoadTarget, Opcode, Unit
 from lowbit.program import Program, ProgramError
@@ -124,18 +125,25 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
                 acc[c0:c0 + rows] = r if wide else layout.wrap(r, cfg.acc_bits)
             counters["macs"] += rows * R * C
         elif op == Opcode.STORE:
-            rows, c0, p = ins.rows, ins.acc_addr, ins.param_addr
+            rows, groups = store_groups(cfg, ins)
+            p = ins.param_addr
             rec = prm[p * line_bytes:(p + 1) * line_bytes].reshape(C, layout.PARAM_BYTES)
             bias = rec[:, 0:4].copy().view("<i4").reshape(C).astype(np.int64)
             mult = rec[:, 4:6].copy().view("<u2").reshape(C).astype(np.int64)
             shift = rec[:, 6].astype(np.int64)
+            if len(groups) == 1:
+                lines = acc[ins.acc_addr:ins.acc_addr + rows]
+            else:
+                lines = acc[(np.array([a for a, _ in groups])[:, None]
+                             + np.arange(rows)[None, :]).reshape(-1)]
             zero = layout.param_zero(rec[:, 7], out_unsigned=bool(ins.out_unsigned))
-            y = layout.requantize(acc[c0:c0 + rows], bias[None, :], mult[None, :],
+            y = layout.requantize(lines, bias[None, :], mult[None, :],
                                   shift[None, :], relu=bool(ins.relu), out_bits=ins.out_bits,
                                   out_unsigned=bool(ins.out_unsigned), zero=zero[None, :])
-            addr = ins.dram_addr
-            mem[addr:addr + rows * C] = (y & 0xFF).astype(np.uint8).reshape(-1)
-            counters["dram_write_bytes"] += rows * C
+            out = (y & 0xFF).astype(np.uint8).reshape(len(groups), rows * C)
+            for g, (_, addr) in enumerate(groups):     # in order: later groups win overlaps
+                mem[addr:addr + rows * C] = out[g]
+            counters["dram_write_bytes"] += len(groups) * rows * C
         elif op == Opcode.SYNC:
             counters["sync_instrs"] += 1
         else:  # pragma: no cover - decode() refuses unknown opcodes

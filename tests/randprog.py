@@ -9,13 +9,40 @@ from lowbit.program import Program
 
 KINDS = ("load", "load", "compute", "compute", "store", "sync")
 
+def store_2d(cfg, rng, rows: int, base: int, max_reps: int) -> dict:
+    """2-D fields of a random STORE of ``rows`` lines per group whose group 0 may start at
+    ``base``: one group (40 %; no ``acc_addr`` then, the caller's stands) or up to
+    ``max_reps``, with accumulator pitches from 0 (every group reads the same lines) to
+    beyond ``rows``, DRAM pitches from 0 (groups overwrite each other) to a few KiB, often
+    starting just before a 4 KiB boundary so that groups split into two bursts; every group
+    whole beats, inside memory."""
+    line = cfg.out_line_bits // 8
+    lpb = max(1, cfg.beat_bytes // line)            # dram_pitch keeps groups beat aligned
+    if max_reps < 2 or rng.random() < 0.4:
+        return dict(dram_addr=base)
+    reps = int(rng.integers(2, max_reps + 1))
+    acc_pitch = int(rng.integers(0, min(rows + 9, (cfg.acc_depth - rows) // (reps - 1) + 1)))
+    dram_pitch = lpb * int(rng.choice([0, rows // lpb, rows // lpb + int(rng.integers(1, 9)),
+                                       int(rng.integers(1, 3 * 4096 // (line * lpb)))]))
+    if rng.random() < 0.5:
+        base = (base // 4096 + 1) * 4096 - cfg.beat_bytes * int(rng.integers(1, 4))
+    base = min(base, cfg.mem_bytes - (reps - 1) * dram_pitch * line - rows * line)
+    base -= base % cfg.beat_bytes
+    top = cfg.acc_depth - (reps - 1) * acc_pitch - rows
+    return dict(acc_addr=int(rng.integers(0, top + 1)), dram_addr=base, reps_m1=reps - 1,
+                acc_pitch=acc_pitch, dram_pitch=dram_pitch)
+
+
 def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
-                   kinds=KINDS, max_store_rows: int = 12) -> Program:
+                   kinds=KINDS, max_store_rows: int = 12, max_store_reps: int = 5) -> Program:
     """With ``load_runs``, some items are runs of 2 to 12 back-to-back small LOADs to
     rotating targets, with tokens, so several LOADs are in flight at once. ``kinds`` is the
     pool each item's kind is drawn from (repeat a kind to make it likelier); a STORE has at
-    most ``max_store_rows`` lines (times lines per beat)."""
+    most ``max_store_rows`` lines (times lines per beat) per group and at most
+    ``max_store_reps`` groups (:func:`store_2d`, drawn from a second generator so that the
+    rest of the program does not depend on them)."""
     rng = np.random.default_rng(seed)
+    rng2d = np.random.default_rng([seed, 2])
     B = cfg.beat_bytes
     counts = {"l2c": 0, "c2l": 0, "c2s": 0, "s2c": 0}
     instrs = []
@@ -80,11 +107,14 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
             lpb = max(1, cfg.bus_bits // cfg.out_line_bits)
             rows = int(rng.integers(1, max(2, min(max_store_rows, cfg.acc_depth // lpb)))) * lpb
             base = int(rng.integers((cfg.mem_bytes // 2) // B, cfg.mem_bytes // B - 4096)) * B
+            acc_addr = int(rng.integers(0, cfg.acc_depth - rows + 1))
+            shape = store_2d(cfg, rng2d, rows, base, max_store_reps)
+            shape.setdefault("acc_addr", acc_addr)
             instrs.append(isa.make(
-                Opcode.STORE, acc_addr=int(rng.integers(0, cfg.acc_depth - rows + 1)), rows=rows,
+                Opcode.STORE, rows=rows, **shape,
                 param_addr=int(rng.integers(0, cfg.param_depth)), relu=int(rng.integers(0, 2)),
                 out_bits=int(rng.integers(2, 9)), out_unsigned=int(rng.integers(0, 2)),
-                dram_addr=base, pop_prev=pop("c2s"), push_prev=push("s2c")))
+                pop_prev=pop("c2s"), push_prev=push("s2c")))
         else:
             unit = Unit(int(rng.integers(0, 3)))
             f = {"unit": unit}

@@ -301,13 +301,35 @@ def _store_harness(cfg, acc_init, prm_init):
     return m, st
 
 
+def _groups(s, line):
+    """(first accumulator line, first byte) of each group of a 2-D STORE given as fields
+    (an independent reading of docs/isa.md)."""
+    return [(s["acc_addr"] + g * s.get("acc_pitch", 0),
+             s["dram_addr"] + g * s.get("dram_pitch", 0) * line)
+            for g in range(s.get("reps_m1", 0) + 1)]
+
+
+def _bursts(addr, nbytes, beat, max_burst):
+    """(address, beats) of the INCR bursts writing ``nbytes`` from ``addr``: at most
+    ``max_burst`` beats, never across 4 KiB."""
+    out = []
+    while nbytes:
+        n = min(nbytes // beat, max_burst, (4096 - addr % 4096) // beat)
+        out.append((addr, n))
+        addr, nbytes = addr + n * beat, nbytes - n * beat
+    return out
+
+
 @pytest.mark.parametrize("cols,bus", [(4, 32), (4, 64), (8, 32)])   # line =, <, > beat
 def test_store_unit_requantizes_under_backpressure(cols, bus):
     """Exact requantization (lowbit.layout.requantize) of extreme accumulators and
     parameters, with random awready/wready back-pressure and B responses that arrive late:
     STOREs overlap their write responses (at most STORE_INFLIGHT in flight), each pushes its
     token on the edge of its own last B response, in order, and a SYNC waits for all. Random
-    output zero points (parameter byte 7) are added after the ReLU, before the clamp."""
+    output zero points (parameter byte 7) are added after the ReLU, before the clamp.
+    Most STOREs are 2-D: groups at accumulator pitches from 0 (the same lines again) up and
+    DRAM pitches from 0 (a later group overwrites an earlier one) to ones that cross 4 KiB;
+    every group gets its own bursts and lands where the independent model puts it."""
     cfg = AccelConfig(rows=cols, cols=cols, bus_bits=bus, max_burst=3, act_depth=64,
                       weight_tiles=2, acc_depth=64, param_depth=8, mem_bytes=1 << 16)
     C, B = cfg.cols, cfg.beat_bytes
@@ -344,17 +366,26 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
                     << (64 * j) for j, (b, mu, s, z) in enumerate(zip(*rec, strict=True)))
                 for rec in zip(bias, mult, shift, zbyte, strict=True)]
     lpb = max(1, bus // cfg.out_line_bits)
+    line = cfg.out_line_bits // 8
     stores = []
     base = 4096 - 5 * B                      # the first bursts cross a 4 KiB boundary
     for k in range(16):
         rows = int(rng.integers(1, 7)) * lpb
         tame = k % 3 != 2
-        stores.append(dict(acc_addr=int(rng.integers(0, 32 - rows)) + (0 if tame else 32),
+        reps = 1 if k % 4 == 0 else int(rng.integers(2, 5))
+        acc_pitch = int(rng.integers(0, (32 - rows) // max(1, reps - 1) + 1))
+        cross = (4095 - base % 4096) // (line * lpb)      # group 1 ends past 4 KiB
+        dram_pitch = lpb * int(rng.choice([0, rows // lpb, rows // lpb + 1, 700 // line,
+                                           cross]))
+        top = 32 - (reps - 1) * acc_pitch - rows
+        stores.append(dict(acc_addr=int(rng.integers(0, top + 1)) + (0 if tame else 32),
                            rows=rows, param_addr=int(rng.integers(0, 4)) + (0 if tame else 4),
                            relu=int(rng.random() < 0.3), out_bits=int(rng.integers(2, 9)),
                            out_unsigned=int(rng.random() < 0.3), dram_addr=base,
-                           push_prev=1))
-        base += rows * cfg.out_line_bits // 8 + B * int(rng.integers(0, 3))
+                           push_prev=1, reps_m1=reps - 1,
+                           acc_pitch=acc_pitch if reps > 1 else 0,
+                           dram_pitch=dram_pitch if reps > 1 else 0))
+        base += (reps - 1) * dram_pitch * line + rows * line + B * int(rng.integers(0, 3))
     program = [isa.make(isa.Opcode.STORE, **s) for s in stores[:7]]
     program.append(isa.make(isa.Opcode.SYNC, unit=isa.Unit.STORE, push_prev=1))
     program += [isa.make(isa.Opcode.STORE, **s) for s in stores[7:]]
@@ -378,7 +409,7 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
                 queue.pop(0)
             if ctx.get(st.axi.awvalid) and ctx.get(st.axi.awready):
                 wq.append([ctx.get(st.axi.awaddr), ctx.get(st.axi.awlen) + 1])
-                aws.append(wq[-1][0])
+                aws.append(tuple(wq[-1]))
             if ctx.get(st.axi.wvalid) and ctx.get(st.axi.wready):
                 beats.append((ctx.get(st.axi.wdata), ctx.get(st.axi.wlast)))
             while wq and beats:
@@ -401,17 +432,26 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
             assert e < 20000
 
     _run(dut, tb)
+    want_mem, want_aws, ends = {}, [], []
     for s in stores:
-        p = s["param_addr"]
-        want = requantize(acc[s["acc_addr"]:s["acc_addr"] + s["rows"]], bias[p], mult[p],
-                          shift[p], relu=bool(s["relu"]), out_bits=s["out_bits"],
-                          out_unsigned=bool(s["out_unsigned"]),
-                          zero=param_zero(zbyte[p], out_unsigned=bool(s["out_unsigned"])))
-        got = [mem.get(s["dram_addr"] + i, None) for i in range(s["rows"] * C)]
-        assert got == [int(v) & 0xFF for v in want.reshape(-1)], s
+        for a0, d0 in _groups(s, line):           # in order: later groups overwrite
+            p = s["param_addr"]
+            y = requantize(acc[a0:a0 + s["rows"]], bias[p], mult[p], shift[p],
+                           relu=bool(s["relu"]), out_bits=s["out_bits"],
+                           out_unsigned=bool(s["out_unsigned"]),
+                           zero=param_zero(zbyte[p], out_unsigned=bool(s["out_unsigned"])))
+            for i, v in enumerate(y.reshape(-1)):
+                want_mem[d0 + i] = int(v) & 0xFF
+            want_aws += _bursts(d0, s["rows"] * line, B, cfg.max_burst)
+        ends.append(len(want_aws) - 1)
+    assert {a: mem.get(a) for a in want_mem} == want_mem
+    assert len(mem) == len(want_mem)
+    assert aws == want_aws                     # every group its own bursts, in order
+    # some group after the first crosses 4 KiB, some group is overwritten by a later one
+    assert any(s["reps_m1"] and any(d % 4096 + s["rows"] * line > 4096
+                                    for _, d in _groups(s, line)[1:]) for s in stores)
+    assert any(s["reps_m1"] and s["dram_pitch"] < s["rows"] for s in stores)
     # A STORE completes on the B response of its last burst (bursts never span STOREs).
-    ends = [max(i for i, a in enumerate(aws) if s["dram_addr"] <= a
-                < s["dram_addr"] + s["rows"] * C) for s in stores]
     store_gives = gives[:7] + gives[8:]
     assert store_gives == [b_edges[i] for i in ends]
     assert gives[7] > gives[6]                      # the SYNC waited for every STORE
