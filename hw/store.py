@@ -80,24 +80,25 @@ class StoreUnit(wiring.Component):
         hi = Signal(signed(10))
         # 2-D walk: per side, the current group's base and what is left of it, and the groups
         # after it. ``rows_r`` / ``group_beats`` reload a group; the pitches advance a base.
-        PB = 14 + exact_log2(L // 8)                 # dram_pitch in bytes
+        width = {name: w for name, (_, w) in isa.field_offsets(F).items()}
+        RG = width["reps_m1"]
         rows_r = Signal(16)
         group_beats = Signal(21)
-        acc_pitch = Signal(10)
-        dram_pitch = Signal(PB)
+        acc_pitch = Signal(width["acc_pitch"])
+        dram_pitch = Signal(width["dram_pitch"] + exact_log2(L // 8))    # in bytes
         rd_ptr = Signal(16)
         rd_base = Signal(16)
         rd_left = Signal(16)        # lines of the current group not yet read
-        rd_groups = Signal(10)      # groups after the current one
+        rd_groups = Signal(RG)      # groups after the current one
         throttle = Signal(range(max(2, L // W + 1)))
         aw_addr = Signal(32)
         aw_base = Signal(32)
         aw_left = Signal(21)        # beats of the current group without an AW yet
-        aw_groups = Signal(10)
+        aw_groups = Signal(RG)
         w_addr = Signal(32)
         w_base = Signal(32)
         w_left = Signal(21)         # beats of the current group not yet in a framed burst
-        w_groups = Signal(10)
+        w_groups = Signal(RG)
         w_in_burst = Signal(9)
         active = Signal()           # a STORE is reading / streaming
         prm_load = Signal()         # the parameter line is on prm_data: register it

@@ -118,7 +118,7 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("dram_addr", 32),     # byte address of group 0, beat aligned
         ("reps_m1", 10),       # 2-D: reps_m1 + 1 groups of rows lines (1..1024)
         ("acc_pitch", 10),     # accumulator lines from one group to the next
-        ("dram_pitch", 14),    # output lines (cols bytes) from one group to the next
+        ("dram_pitch", 13),    # output lines (cols bytes) from one group to the next
     ),
     Opcode.SYNC: (
         ("unit", 2),           # Unit that executes the no-op

@@ -14,18 +14,20 @@ def store_2d(cfg, rng, rows: int, base: int, max_reps: int) -> dict:
     ``base``: one group (40 %; no ``acc_addr`` then, the caller's stands) or up to
     ``max_reps``, with accumulator pitches from 0 (every group reads the same lines) to
     beyond ``rows``, DRAM pitches from 0 (groups overwrite each other) to a few KiB, often
-    starting just before a 4 KiB boundary so that groups split into two bursts; every group
-    whole beats, inside memory."""
+    (group 0, group 1) just before a 4 KiB boundary so that groups split into two bursts;
+    every group whole beats, inside memory."""
     line = cfg.out_line_bits // 8
     lpb = max(1, cfg.beat_bytes // line)            # dram_pitch keeps groups beat aligned
     if max_reps < 2 or rng.random() < 0.4:
         return dict(dram_addr=base)
     reps = int(rng.integers(2, max_reps + 1))
     acc_pitch = int(rng.integers(0, min(rows + 9, (cfg.acc_depth - rows) // (reps - 1) + 1)))
-    dram_pitch = lpb * int(rng.choice([0, rows // lpb, rows // lpb + int(rng.integers(1, 9)),
-                                       int(rng.integers(1, 3 * 4096 // (line * lpb)))]))
     if rng.random() < 0.5:
         base = (base // 4096 + 1) * 4096 - cfg.beat_bytes * int(rng.integers(1, 4))
+    cross = (4096 + 4095 - base % 4096) // (line * lpb)       # group 1 ends past 4 KiB
+    dram_pitch = lpb * (cross if rng.random() < 0.4 else int(rng.choice(
+        [0, rows // lpb, rows // lpb + int(rng.integers(1, 9)),
+         int(rng.integers(1, 3 * 4096 // (line * lpb)))])))
     base = min(base, cfg.mem_bytes - (reps - 1) * dram_pitch * line - rows * line)
     base -= base % cfg.beat_bytes
     top = cfg.acc_depth - (reps - 1) * acc_pitch - rows

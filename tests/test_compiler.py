@@ -293,6 +293,33 @@ def test_verifier_catches_write_after_read():
     verify_tokens(cfg, instrs)                   # ordered now
 
 
+def test_verifier_knows_every_group_of_a_2d_store():
+    """A 2-D STORE reads accumulator lines acc_addr + g * acc_pitch + (0..rows-1) and writes
+    the beats of each group: a COMPUTE overwriting a line only a later group reads, and a
+    LOAD reading a beat only a later group writes, race with it until tokens order them;
+    the gaps between groups are free."""
+    cfg = CONFIGS["tiny"]                          # 4-byte lines, 4-byte beats
+    mk = isa.make
+    store = mk(Opcode.STORE, acc_addr=0, rows=2, reps_m1=2, acc_pitch=5, dram_pitch=7,
+               out_bits=8, dram_addr=0x400)   # acc 0-1, 5-6, 10-11; beats 256-257, 263-264,
+    gap = mk(Opcode.COMPUTE, act_addr=0, weight_addr=0, acc_addr=12, rows=3)   # 270-271
+    verify_tokens(cfg, [store, gap, mk(Opcode.END)])       # lines 12-14: untouched
+    late = mk(Opcode.COMPUTE, act_addr=0, weight_addr=0, acc_addr=11, rows=1)
+    with pytest.raises(TokenError, match=re.escape("race (WAR) on acc cell 11: instruction 1 "
+                                                   "(COMPUTE(")):
+        verify_tokens(cfg, [store, late, mk(Opcode.END)])
+    last = 0x400 // 4 + 2 * 7 + 1                  # the last beat of group 2
+    for beat, race in ((last, True), (last + 1, False), (0x400 // 4 + 3, False)):
+        load = mk(Opcode.LOAD, target=LoadTarget.ACT, sp_addr=0, rows=1, row_beats=1,
+                  dram_addr=beat * 4, stride=0)
+        if race:
+            with pytest.raises(TokenError, match=re.escape(
+                    f"race (RAW) on dram cell {beat}: instruction 1 (LOAD(")):
+                verify_tokens(cfg, [store, load, mk(Opcode.END)])
+        else:
+            verify_tokens(cfg, [store, load, mk(Opcode.END)])
+
+
 def test_verifier_bounds_outstanding_tokens():
     """300 loads pushing before 300 computes popping could overflow the 8-bit counter."""
     cfg = CONFIGS["tiny"]

@@ -202,3 +202,70 @@ def test_reference_is_fast_on_a_large_program():
 def _numpy_requant_fast(acc, shift):
     mag = (np.abs(acc) + (1 << (shift - 1))) >> shift
     return np.clip(np.where(acc >= 0, mag, -mag), -128, 127)
+
+
+@pytest.mark.parametrize("name", ["tiny", "8x8", "4x4-b64"])
+def test_2d_store_writes_groups_in_order(name):
+    """2-D STOREs against a numpy placement written here: group g requantizes accumulator
+    lines acc_addr + g * acc_pitch + (0..rows-1) to bytes dram_addr + g * dram_pitch * cols
+    on; pitches of 0 repeat lines or overwrite a group with the next, reps_m1 = 0 is the
+    1-D STORE. On the 4x4 / 64-bit config two lines share a beat (rows and pitches even)."""
+    cfg = preset(name) if name != "4x4-b64" else preset("tiny").replace(bus_bits=64)
+    rng = np.random.default_rng(5)
+    R, C, wb = cfg.rows, cfg.cols, cfg.weight_bits
+    m = 12
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), size=(R, C))
+    bias = rng.integers(-2000, 2000, size=C)
+    mult = rng.integers(1, 1 << 16, size=C)
+    shift = rng.integers(8, 20, size=C)
+    x = rng.integers(-128, 128, (m, R))
+    prog = _gemm_program(cfg, w, bias, mult, shift, m=m)
+    y = _numpy_requant(x @ w, bias, mult, shift, False, 8, False)     # acc line 5 + i
+    out_lines, out_addr = 80, 0x6000
+    # (acc_addr, rows, reps, acc_pitch, dram line, dram_pitch)
+    shapes = [(5, 2, 3, 4, 0, 6), (7, 4, 2, 0, 20, 8), (5, 2, 4, 2, 32, 0),
+              (9, 6, 1, 0, 40, 0), (5, 2, 3, 3, 50, 10)]
+    stores, want = [], np.zeros((out_lines, C), np.int64)
+    for a, rows, reps, ap, line, dp in shapes:
+        stores.append(isa.make(S, acc_addr=a, rows=rows, reps_m1=reps - 1, acc_pitch=ap,
+                               dram_pitch=dp, out_bits=8, dram_addr=out_addr + line * C))
+        for g in range(reps):
+            src = a + g * ap - 5
+            want[line + g * dp:line + g * dp + rows] = y[src:src + rows]
+    instrs = prog.instrs[:-1] + stores + [isa.make(Opcode.END)]
+    prog = Program(config=cfg, instrs=instrs, segments=prog.segments, inputs=prog.inputs,
+                   outputs=[TensorRef("out", out_addr, out_lines, C, signed=True)])
+    res = run_reference(prog, {"x": x})
+    assert np.array_equal(res.outputs["out"], want)
+    assert res.counters["dram_write_bytes"] == (12 + sum(r * n for _, r, n, *_ in shapes)) * C
+
+
+def _store_check(cfg, **fields):
+    fields = dict(dict(rows=2, out_bits=8, dram_addr=0x100), **fields)
+    prog = Program(config=cfg, instrs=[isa.make(S, **fields), isa.make(Opcode.END)],
+                   segments=[], inputs=[], outputs=[])
+    prog.validate()
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(rows=1), "a group of 1 lines is 4 bytes; it must be a multiple of the 8-byte beat"),
+    (dict(rows=2, reps_m1=2, dram_pitch=3),
+     "dram_pitch 3 lines is 12 bytes; with 3 groups it must be a multiple of the 8-byte beat"),
+    (dict(dram_addr=0x104), "dram_addr 0x104 must be a multiple of the 8-byte beat"),
+    (dict(acc_addr=200, rows=2, reps_m1=3, acc_pitch=19),
+     "reads accumulator lines up to 258, acc_depth is 256"),
+    (dict(rows=64, reps_m1=1023, acc_pitch=0),
+     "writes 1024 groups of 64 lines = 65536 lines; a STORE writes at most 65535"),
+    (dict(dram_addr=(1 << 20) - 64, reps_m1=4, dram_pitch=4),
+     r"writes up to 0x100008 \(group 4\), beyond mem_bytes=0x100000"),
+])
+def test_2d_store_checks(fields, message):
+    """Each 2-D STORE rule, pinned (tiny's lines are 4 bytes; on a 64-bit bus a beat holds
+    two of them), next to the largest legal extents and the same STORE with one group."""
+    cfg = preset("tiny").replace(bus_bits=64)
+    _store_check(cfg, acc_addr=200, rows=2, reps_m1=3, acc_pitch=18)     # up to line 255
+    _store_check(cfg, dram_addr=(1 << 20) - 72, reps_m1=4, dram_pitch=4)
+    _store_check(cfg, rows=64, reps_m1=1022, acc_pitch=0)               # 65472 lines
+    with pytest.raises(ProgramError, match=r"instruction 0 \(STORE\(.*\)\): " + message):
+        _store_check(cfg, **fields)
+    _store_check(cfg, **dict(fields, reps_m1=0, rows=2, dram_addr=0x100, acc_addr=0))

@@ -13,7 +13,12 @@ from lowbit.config import PRESETS, AccelConfig
 from lowbit.isa import Opcode, Unit
 from lowbit.program import Program
 from lowbit.sim.cycle import simulate_timing
-from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING, STORE_INFLIGHT
+from lowbit.timing import (
+    LOAD_BURSTS_OUTSTANDING,
+    LOAD_OUTSTANDING,
+    STORE_INFLIGHT,
+    STORE_STAGES,
+)
 
 from amaranth_top import run_top
 from randprog import random_program
@@ -141,3 +146,56 @@ def test_store_stream_overlaps_write_responses(shape):
     assert rtl["status"] == 0b010
     assert rtl["instrs"] == len(prog.instrs)
     assert cycles == rtl["cycles"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_2d_stores_sim_cycles_equal_rtl_cycles(name):
+    """Programs rich in 2-D STOREs (up to 8 groups, pitches from 0 up, groups split at
+    4 KiB) on every bus / line ratio: the simulator's one-fill timing is the RTL's."""
+    cfg = CONFIGS[name]
+    prog = random_program(cfg, 500 + len(name), length=24, max_store_reps=8,
+                          kinds=("store",) * 4 + ("compute", "load", "sync"))
+    line = cfg.out_line_bits // 8
+    stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
+    assert sum(i.reps_m1 >= 2 for i in stores) >= 3
+    assert any(i.reps_m1 and any((i.dram_addr + g * i.dram_pitch * line) % 4096
+                                 + i.rows * line > 4096 for g in range(1, i.reps_m1 + 1))
+               for i in stores)
+    latency = 11
+    _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(prog.instrs),
+                     latency=latency)
+    cycles, _ = simulate_timing(prog, mem_latency=latency)
+    assert rtl["status"] == 0b010
+    assert rtl["instrs"] == len(prog.instrs)
+    assert cycles == rtl["cycles"]
+
+
+@pytest.mark.parametrize("shape", [(4, 32), (2, 256), (8, 32)])   # line =, <, > beat
+def test_2d_store_fills_the_pipeline_once(shape):
+    """On the RTL a 2-D STORE of 6 groups (across a 4 KiB boundary) takes exactly as long
+    as one 1-D STORE of all its lines, and at least (reps - 1) * (STORE_STAGES + 1) cycles
+    less than one 1-D STORE per group."""
+    n, bus = shape
+    cfg = AccelConfig(rows=n, cols=n, weight_bits=4, bus_bits=bus, max_burst=4, **STREAM)
+    line, lpb = cfg.out_line_bits // 8, max(1, bus // cfg.out_line_bits)
+    rows, reps, pitch = 2 * lpb, 6, 5 * lpb
+    base = 4096 * 3 - 2 * pitch * line
+    common = dict(param_addr=1, out_bits=8, acc_addr=3)
+    variants = {
+        "2d": [isa.make(Opcode.STORE, rows=rows, reps_m1=reps - 1, acc_pitch=rows + 1,
+                        dram_pitch=pitch, dram_addr=base, **common)],
+        "1d": [isa.make(Opcode.STORE, rows=rows * reps, dram_addr=base, **common)],
+        "rows": [isa.make(Opcode.STORE, rows=rows, dram_addr=base + g * pitch * line,
+                          **common) for g in range(reps)],
+    }
+    got = {}
+    for key, stores in variants.items():
+        instrs = stores + [isa.make(Opcode.END)]
+        prog = Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[])
+        _, rtl = run_top(cfg, prog.memory_image(), prog.prog_addr, len(instrs), latency=7)
+        assert rtl["status"] == 0b010
+        assert simulate_timing(prog, mem_latency=7)[0] == rtl["cycles"]
+        got[key] = rtl["cycles"]
+    assert got["2d"] == got["1d"]
+    # (the six 1-D STOREs also take longer to fetch)
+    assert got["rows"] - got["2d"] >= (reps - 1) * (STORE_STAGES + 1)
