@@ -17,6 +17,7 @@ from lowbit.compiler.cnn import quantize_cnn, train_digits_cnn
 from lowbit.compiler.zoo import build, resnet8, sample_inputs
 from lowbit.config import PRESETS
 from lowbit.executors import run
+from lowbit.isa import Opcode
 
 TINY = PRESETS["tiny"]
 COUNTERS = ("dram_read_bytes", "dram_write_bytes", "imem_read_bytes")
@@ -36,7 +37,7 @@ def _cosim(g, inputs, *, batch=1):
     assert sim.cycles == rtl.cycles > 0
     for key in COUNTERS:
         assert sim.counters[key] == rtl.counters[key], key
-    return results
+    return dict(results, program=prog)
 
 
 @pytest.fixture(scope="module")
@@ -63,4 +64,6 @@ def test_resnet8_first_stack_on_rtl():
     """Stem convolution and the first residual stack (16 channels, 32x32): ~334 K cycles."""
     g = resnet8(weight_bits=TINY.weight_bits, stacks=1)
     assert g.tensor("s1_add").shape == (32, 32, 16)
-    _cosim(g, sample_inputs(g, seed=1))
+    prog = _cosim(g, sample_inputs(g, seed=1))["program"]
+    # output tiles with gaps (padded destinations) go out as 2-D STOREs, one per block
+    assert any(i.opcode == Opcode.STORE and i.reps_m1 for i in prog.instrs)
