@@ -524,3 +524,28 @@ def test_spatial_verifiers_reject_corrupted_ir():
                                                and op.note.startswith("maxpool")))
     with pytest.raises(CompileError, match=r"schedule has \d+ STOREs, expected \d+"):
         passes.verify_schedule(replace(sched, ops=ops))
+
+
+def test_global_pool_into_a_padded_map_is_one_2d_store():
+    """A global pooling whose output feeds a padded convolution: its blocks' planes are
+    ``3 x 3`` lines apart, so the one STORE for all blocks is 2-D (a line per block, pitch
+    one plane); and the 3x3 convolution's tile (accumulator rows two lines wider than the
+    map) goes out as one 2-D STORE per block (a group per row)."""
+    cfg = CONFIGS["tiny"]
+    rng = np.random.default_rng(4)
+    channels, R = 12, cfg.rows
+    nb = channels // R
+    g = Graph("gap_pad", weight_bits=cfg.weight_bits)
+    a = g.input("x", (5, 7, channels), signed=False, calib=_image(rng, (5, 7, channels),
+                                                                  signed=False))
+    top = 1 << (cfg.weight_bits - 1)
+    h = g.conv2d(a, rng.integers(-top, top, (3, 3, channels, channels)), padding=1,
+                 act="relu")
+    p = g.global_avg_pool(h)
+    g.output(g.conv2d(p, rng.integers(-top, top, (3, 3, channels, R)), padding=1))
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (5, 7, channels), signed=False)})
+    stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
+    pool = [i for i in stores if i.rows == 1 and i.acc_pitch == 1]
+    assert [(i.reps_m1 + 1, i.dram_pitch) for i in pool] == [(nb, 9)]
+    conv = [i for i in stores if i.rows == 7]    # the 5x7 map: one tile, rows 9 lines apart
+    assert [(i.reps_m1 + 1, i.acc_pitch, i.dram_pitch) for i in conv] == [(5, 9, 7)] * nb
