@@ -676,7 +676,8 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
     geo = info["geo"]
     tiles = tuple((y0, r, x0, c) for y0, r in _splits(oh, nr) for x0, c in _splits(ow, nc))
     nb = layout.blocks(cfg, ly.n)
-    n_stores = sum(nb * _stores_per_tile(g, ly, geo, r, c) for _, r, _, c in tiles)
+    n_stores = sum(nb * len(_store_spans(g, ly, _tile_pitch(ly, c), r, c))
+                   for _, r, _, c in tiles)
     return SpatialTiling(
         layer=index, out_tiles=tiles, pitch=geo.pitch, planes=geo.planes,
         slab_lines=geo.slab_lines, slabs=info["slabs"], act_slots=info["slots"],

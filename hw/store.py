@@ -194,8 +194,9 @@ class StoreUnit(wiring.Component):
             with m.If(active & (aw_left != 0)):
                 m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(aw_addr),
                              axi.awlen.eq(aw_len - 1), aw_issued.eq(aw_issued + 1)]
-                _advance(m, aw_ends & (aw_groups != 0), aw_addr, aw_left, aw_len, aw_base,
-                         aw_groups, dram_pitch, group_beats, B)
+                _advance(m, next_group=aw_ends & (aw_groups != 0), addr=aw_addr, left=aw_left,
+                         n=aw_len, base=aw_base, groups=aw_groups, pitch=dram_pitch,
+                         group_beats=group_beats, beat_bytes=B)
             with m.Else():
                 m.d.sync += axi.awvalid.eq(0)
 
@@ -333,8 +334,9 @@ class StoreUnit(wiring.Component):
                 m.d.sync += axi.wdata.eq(beat)
                 with m.If(w_in_burst == 0):
                     m.d.sync += [axi.wlast.eq(w_len == 1), w_in_burst.eq(w_len - 1)]
-                    _advance(m, w_ends & (w_groups != 0), w_addr, w_left, w_len, w_base,
-                             w_groups, dram_pitch, group_beats, B)
+                    _advance(m, next_group=w_ends & (w_groups != 0), addr=w_addr, left=w_left,
+                             n=w_len, base=w_base, groups=w_groups, pitch=dram_pitch,
+                             group_beats=group_beats, beat_bytes=B)
                 with m.Else():
                     m.d.sync += [axi.wlast.eq(w_in_burst == 1), w_in_burst.eq(w_in_burst - 1)]
         return m
@@ -351,9 +353,11 @@ def _burst(m, addr, left, *, beat_bytes, max_burst):
     return n, ends
 
 
-def _advance(m, next_group, addr, left, n, base, groups, pitch, group_beats, beat_bytes):
+def _advance(m, *, next_group, addr, left, n, base, groups, pitch, group_beats, beat_bytes):
     """After a burst of ``n`` beats at ``addr``: the next burst of the group, or (with
-    ``next_group``) the first of the next group, at the registered ``base + pitch``."""
+    ``next_group``) the first of the next group, at ``base + pitch`` (two registers; the sum
+    is in parallel with ``next_group``, which selects it, and shorter than the in-group
+    ``addr + n * beat_bytes`` path after the burst length)."""
     with m.If(next_group):
         nxt = (base + pitch)[:32]
         m.d.sync += [addr.eq(nxt), base.eq(nxt), left.eq(group_beats), groups.eq(groups - 1)]

@@ -16,6 +16,7 @@ from lowbit.compiler import (
     Graph,
     GraphError,
     compile_network,
+    conv,
     pack_inputs,
     unpack_outputs,
 )
@@ -549,3 +550,24 @@ def test_global_pool_into_a_padded_map_is_one_2d_store():
     assert [(i.reps_m1 + 1, i.dram_pitch) for i in pool] == [(nb, 9)]
     conv = [i for i in stores if i.rows == 7]    # the 5x7 map: one tile, rows 9 lines apart
     assert [(i.reps_m1 + 1, i.acc_pitch, i.dram_pitch) for i in conv] == [(5, 9, 7)] * nb
+
+
+@pytest.mark.parametrize("limit,shapes", [
+    ({"reps_m1": 1}, [(2, 7), (2, 7), (1, 7)]),        # at most two groups: rows 0-1, 2-3, 4
+    ({"acc_pitch": 8}, [(1, 7)] * 5),                  # the pitch (9) overflows: one per row
+    ({"dram_pitch": 6}, [(1, 7)] * 5),                 # the map row (7 lines) overflows
+])
+def test_2d_store_splits_where_a_field_would_overflow(monkeypatch, limit, shapes):
+    """With a STORE field narrowed (conv._field_max), the 5x7 tile's block is split into
+    several STOREs only as far as needed, and the outputs stay exact."""
+    real = conv._field_max
+    monkeypatch.setattr(conv, "_field_max", lambda name: limit.get(name, real(name)))
+    cfg = CONFIGS["tiny"]
+    rng = np.random.default_rng(8)
+    g = Graph("split", weight_bits=cfg.weight_bits)
+    a = g.input("x", (5, 7, 4), signed=False, calib=_image(rng, (5, 7, 4), signed=False))
+    top = 1 << (cfg.weight_bits - 1)
+    g.output(g.conv2d(a, rng.integers(-top, top, (3, 3, 4, 4)), padding=1))
+    prog, _ = _execute(g, cfg, {"x": _image(rng, (5, 7, 4), signed=False)})
+    stores = [i for i in prog.instrs if i.opcode == Opcode.STORE]
+    assert [(i.reps_m1 + 1, i.rows) for i in stores] == shapes
