@@ -375,8 +375,7 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
         reps = 1 if k % 4 == 0 else int(rng.integers(2, 5))
         acc_pitch = int(rng.integers(0, (32 - rows) // max(1, reps - 1) + 1))
         cross = (4095 - base % 4096) // (line * lpb)      # group 1 ends past 4 KiB
-        dram_pitch = lpb * int(rng.choice([0, rows // lpb, rows // lpb + 1, 700 // line,
-                                           cross]))
+        dram_pitch = lpb * (0, rows // lpb, rows // lpb + 1, 700 // line, cross)[k % 5]
         top = 32 - (reps - 1) * acc_pitch - rows
         stores.append(dict(acc_addr=int(rng.integers(0, top + 1)) + (0 if tame else 32),
                            rows=rows, param_addr=int(rng.integers(0, 4)) + (0 if tame else 4),
