@@ -94,7 +94,7 @@ def accesses(cfg, opcode: Opcode, f: dict[str, int]) -> list[Access]:
     elif opcode == Opcode.COMPUTE:
         rows = f.get("rows", 0)
         a = f.get("act_addr", 0)
-        lines = rows + cfg.dw_tail * f.get("depthwise", 0)
+        lines = rows + f.get("dw_reach", 0) * f.get("depthwise", 0)
         out.append(Access("act", (_span(a * R, (a + lines) * R, B),), False))
         w = f.get("weight_addr", 0)
         out.append(Access("weight", ((w, w + cfg.weight_tile_beats),), False))

@@ -22,7 +22,7 @@ class ComputeUnit(wiring.Component):
     * **S** (stream) takes over from P when the chain is full, S is on its last row or idle,
       and the weight bank the tile goes to has drained; at that edge the chain is committed
       to the bank. S reads one activation line per cycle (``rows`` of them, plus
-      ``dw_taps - 1`` more for a ``depthwise`` COMPUTE, whose last results need the lines
+      ``dw_reach`` more for a ``depthwise`` COMPUTE, whose last results need the lines
       after them; those extra lines produce no result); a SYNC occupies S for one cycle.
       With ``reduce`` every row's result goes to ``acc_addr`` and the rows after the first
       accumulate (sum or maximum): a row sees the value the row before it writes (the
@@ -58,9 +58,8 @@ class ComputeUnit(wiring.Component):
         tm = self.timing
 
         m.submodules.array = array = SystolicArray(
-            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
-            dw_taps=cfg.dw_taps)
-        tail = cfg.dw_tail
+            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits)
+        reach_bits = isa.field_offsets(F)["dw_reach"][1]
 
         # -- P stage ------------------------------------------------------------------------
         p_valid = Signal()
@@ -73,6 +72,7 @@ class ComputeUnit(wiring.Component):
         p_mul = Signal(8)
         p_uns = Signal()
         p_dw = Signal()
+        p_reach = Signal(reach_bits)
         p_red = Signal()
         p_push_prev = Signal()
         p_push_next = Signal()
@@ -99,6 +99,7 @@ class ComputeUnit(wiring.Component):
                 p_max.eq(field(ins, F, "acc_max")), p_mul.eq(field(ins, F, "mul_m1")),
                 p_uns.eq(field(ins, F, "act_unsigned")),
                 p_dw.eq(field(ins, F, "depthwise")),
+                p_reach.eq(field(ins, F, "dw_reach")),
                 p_red.eq(field(ins, F, "reduce")),
                 p_push_prev.eq(field(ins, F, "push_prev")),
                 p_push_next.eq(field(ins, F, "push_next")),
@@ -129,7 +130,7 @@ class ComputeUnit(wiring.Component):
         s_dw = Signal()
         s_red = Signal()           # reduce: every row into s_acc, later rows accumulate
         s_first = Signal()         # the next row is the instruction's first
-        s_tail = Signal(range(max(2, tail + 1)))   # trailing lines of a depthwise COMPUTE
+        s_tail = Signal(reach_bits)    # trailing lines of a depthwise COMPUTE
         s_sync = Signal()
         s_push_prev = Signal()
         s_push_next = Signal()
@@ -162,8 +163,8 @@ class ComputeUnit(wiring.Component):
         with m.If(handoff):
             m.d.sync += [
                 p_valid.eq(0),
-                s_left.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, tail, 0))),
-                s_tail.eq(Mux(p_sync | ~p_dw, 0, tail)), s_dw.eq(p_dw & ~p_sync),
+                s_left.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, p_reach, 0))),
+                s_tail.eq(Mux(p_sync | ~p_dw, 0, p_reach)), s_dw.eq(p_dw & ~p_sync),
                 s_red.eq(p_red), s_first.eq(1),
                 s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
                 s_max.eq(p_max), s_mul.eq(p_mul),

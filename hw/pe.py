@@ -4,6 +4,8 @@ from amaranth import Array, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from lowbit.timing import DW_TREE_FANIN, array_latency, dw_tree_stages
+
 __all__ = ["ACT_WIDTH", "PE", "SystolicArray"]
 
 #: Activations enter the array as 9-bit signed values: int8 sign-extended or uint8
@@ -49,21 +51,26 @@ class SystolicArray(wiring.Component):
     """``rows x cols`` weight-stationary array with input skew and output de-skew.
 
     Vector ``a`` (``rows`` lanes, element ``i`` multiplies weight row ``i``), its bank
-    select and its mode ``dw`` enter together; ``rows + cols`` cycles later ``p`` holds
+    select and its mode ``dw`` enter together; :attr:`latency` cycles later ``p`` holds
     its result, one vector per cycle, no back-pressure:
 
     * ``dw = 0`` (matrix): ``p[j] = sum_i a[i] * w[sel][i][j]``;
-    * ``dw = 1`` (depthwise row mode, square arrays): ``p[i] = sum_{o < taps}
-      a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}`` is the vector that entered
-      ``o`` cycles later. Row ``i``'s activations pass its PEs one per cycle, so its last
-      ``taps`` PEs hold ``taps`` consecutive vectors' lane ``i``; their registered products
-      are summed per row and replace the column sums at the de-skew input. The ``taps - 1``
-      vectors after the last one of a depthwise run must be streamed too (the compute unit
-      does).
+    * ``dw = 1`` (depthwise FIR mode, square arrays): ``p[i] = sum_{o < cols}
+      [sel_{+o} = sel] * a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}``,
+      ``sel_{+o}`` entered ``o`` cycles later. Row ``i``'s activations pass its PEs one per
+      cycle, so its ``cols`` PEs hold lane ``i`` of ``cols`` consecutive vectors (vector
+      ``+o`` in column ``cols - 1 - o``); their registered products, those of vectors with
+      another bank select masked (the next instruction's, which uses the other bank), are
+      summed per row by a pipelined adder tree (``DW_TREE_FANIN`` inputs per register
+      stage) and replace the column sums at the de-skew input. Contract: a tile used in
+      this mode has zeros in the columns its program does not use, and the vectors after
+      the last one of a depthwise run that meet a nonzero column are streamed with the
+      same bank (the compute unit streams ``dw_reach`` of them).
 
-    Partial sums are ``psum_bits`` wide (enough for ``rows`` products, or ``acc_bits`` if
-    narrower: they wrap exactly like ``acc_bits`` accumulators then) and sign-extend to
-    ``acc_bits`` at ``p``.
+    :attr:`latency` is ``rows + cols`` plus the adder tree's stages after the first, in both
+    modes (the column sums wait for the row sums). Partial sums are ``psum_bits`` wide
+    (enough for ``rows`` products, or ``acc_bits`` if narrower: they wrap exactly like
+    ``acc_bits`` accumulators then) and sign-extend to ``acc_bits`` at ``p``.
 
     ``w_load`` writes the whole tile ``w_tile`` (element ``(i, j)`` at bits
     ``[(i*cols+j)*wb, +wb)``) into bank ``w_bank`` of every PE at once. A bank may be
@@ -71,14 +78,11 @@ class SystolicArray(wiring.Component):
     ``rows + cols - 2`` cycles (:attr:`drain`).
     """
 
-    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int,
-                 dw_taps: int):
+    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int):
         if rows != cols:
-            raise ValueError(f"the depthwise row mode needs a square array, not {rows}x{cols}")
-        if not 1 <= dw_taps <= cols:
-            raise ValueError(f"dw_taps must be from 1 to cols={cols}, not {dw_taps}")
+            raise ValueError(f"the depthwise FIR mode needs a square array, not {rows}x{cols}")
         self.rows, self.cols = rows, cols
-        self.weight_bits, self.acc_bits, self.dw_taps = weight_bits, acc_bits, dw_taps
+        self.weight_bits, self.acc_bits = weight_bits, acc_bits
         super().__init__({
             "a": In(signed(ACT_WIDTH)).array(rows), "sel": In(1), "dw": In(1),
             "p": Out(signed(acc_bits)).array(cols),
@@ -87,7 +91,8 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return self.rows + self.cols
+        """Cycles from a vector at the input to its result at ``p`` (both modes)."""
+        return array_latency(self.rows, self.cols)
 
     @property
     def drain(self) -> int:
@@ -102,8 +107,9 @@ class SystolicArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, wb, T = self.rows, self.cols, self.weight_bits, self.dw_taps
+        R, C, wb = self.rows, self.cols, self.weight_bits
         pw = self.psum_bits
+        L = dw_tree_stages(C)
         pes = [[PE(weight_bits=wb, psum_bits=pw) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
@@ -124,27 +130,51 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
-        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors; their
-        # registered products are summed into a register, so the sum for vector t is ready
-        # when column i's sum for t would be (t + rows + i + 1) and enters column i's
-        # de-skew chain in its place.
-        row_sum = []
-        for i in range(R):
-            r = Signal(signed(pw), name=f"row_sum{i}")
-            m.d.sync += r.eq(sum(pes[i][C - 1 - o].prod for o in range(T)))
-            row_sum.append(r)
-        # The mode bit of vector t, delayed to t + rows + j + 1 for lane j.
+        # Depthwise row sums: row i's C PEs hold lane i of C consecutive vectors. A mask bit,
+        # registered with the products, keeps those with the bank select of the vector in
+        # the last column; L tree stages of at most DW_TREE_FANIN inputs sum them, so the
+        # sum for vector t is ready at t + rows + i + L, when column i's sum delayed by
+        # L - 1 registers is, and enters column i's de-skew chain in its place.
+        row_sum = [self._row_tree(m, i, pes[i], pw, L) for i in range(R)]
+        # The mode bit of vector t, delayed to t + rows + j + L for lane j.
         dw_d = [self.dw]
-        for d in range(R + C):
+        for d in range(R + C + L - 1):
             s_d = Signal(name=f"dw_d{d + 1}")
             m.d.sync += s_d.eq(dw_d[-1])
             dw_d.append(s_d)
         for j in range(C):
+            col = pes[R - 1][j].p_out
+            for d in range(L - 1):
+                c_d = Signal(signed(pw), name=f"col{j}_d{d + 1}")
+                m.d.sync += c_d.eq(col)
+                col = c_d
             p = Signal(signed(pw), name=f"lane{j}")
-            m.d.comb += p.eq(Mux(dw_d[R + j + 1], row_sum[j], pes[R - 1][j].p_out))
+            m.d.comb += p.eq(Mux(dw_d[R + j + L], row_sum[j], col))
             for d in range(C - 1 - j):
                 p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
                 m.d.sync += p_d.eq(p)
                 p = p_d
             m.d.comb += self.p[j].eq(p)
         return m
+
+    @staticmethod
+    def _row_tree(m, i, row, pw, stages):
+        """Row ``i``'s masked product sum, ``stages`` register stages after the products."""
+        C = len(row)
+        level = []
+        for j in range(C):
+            if j == C - 1:
+                level.append(row[j].prod)
+                continue
+            keep = Signal(name=f"dw_keep{i}_{j}")
+            m.d.sync += keep.eq(row[j].sel_in == row[C - 1].sel_in)
+            level.append(Mux(keep, row[j].prod, 0))
+        for s in range(stages):
+            nxt = []
+            for g in range(0, len(level), DW_TREE_FANIN):
+                r = Signal(signed(pw), name=f"row_sum{i}_s{s}_{g // DW_TREE_FANIN}")
+                m.d.sync += r.eq(sum(level[g:g + DW_TREE_FANIN]))
+                nxt.append(r)
+            level = nxt
+        assert len(level) == 1
+        return level[0]

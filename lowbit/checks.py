@@ -103,7 +103,11 @@ def check_program(prog) -> None:
         elif ins.opcode == Opcode.COMPUTE:
             if ins.rows < 1:
                 bad("rows must be at least 1")
-            lines = ins.rows + cfg.dw_tail * ins.depthwise
+            reach_max = cfg.cols - 1 if ins.depthwise else 0
+            if ins.dw_reach > reach_max:
+                bad(f"dw_reach must be from 0 to {reach_max} (cols - 1 with depthwise, 0 "
+                    f"without), not {ins.dw_reach}")
+            lines = ins.rows + ins.dw_reach * ins.depthwise
             if ins.act_addr + lines > cfg.act_depth:
                 bad(f"reads activation lines up to {ins.act_addr + lines - 1}, "
                     f"act_depth is {cfg.act_depth}")

@@ -18,7 +18,6 @@ from pathlib import Path
 __all__ = [
     "AccelConfig",
     "ConfigError",
-    "DW_TAPS",
     "PRESETS",
     "SUPPORTED_WEIGHT_BITS",
     "load_config",
@@ -28,10 +27,6 @@ __all__ = [
 #: Weight widths the processing element supports. The PE multiplies a signed ``weight_bits``
 #: two's-complement weight; 1-bit (binary) and ternary encodings slot in here later.
 SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)
-
-#: Kernel columns the array's depthwise row mode combines in one pass (3x3 depthwise
-#: kernels: one pass per kernel row). Arrays narrower than this use all their columns.
-DW_TAPS = 3
 
 
 class ConfigError(ValueError):
@@ -143,19 +138,6 @@ class AccelConfig:
     def beat_bytes(self) -> int:
         """Bytes per AXI beat."""
         return self.bus_bits // 8
-
-    @property
-    def dw_taps(self) -> int:
-        """Consecutive activation lines a ``depthwise`` COMPUTE combines per result line:
-        lane ``i`` of result ``m`` is ``sum(line[m + o][i] * tile[i][cols - 1 - o])`` for
-        ``o < dw_taps`` (the row mode reads the last ``dw_taps`` PE columns)."""
-        return min(DW_TAPS, self.cols)
-
-    @property
-    def dw_tail(self) -> int:
-        """Lines a ``depthwise`` COMPUTE reads after its ``rows`` (they complete the last
-        windows and produce no result): it reads ``rows + dw_tail`` lines."""
-        return self.dw_taps - 1
 
     @property
     def pes(self) -> int:

@@ -105,8 +105,9 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("act_unsigned", 1),   # activations are unsigned (0..255) rather than signed
         ("mul_m1", 8),         # results are multiplied by mul_m1 + 1 (1..256) before use
         ("acc_max", 1),        # with accumulate: keep the maximum instead of the sum
-        ("depthwise", 1),      # row mode: lane i sums its own channel over dw_taps lines
+        ("depthwise", 1),      # FIR mode: lane i sums its own channel over dw_reach + 1 lines
         ("reduce", 1),         # every row into acc_addr; rows after the first accumulate
+        ("dw_reach", 6),       # depthwise: last line offset (0..cols-1); 0 otherwise
     ),
     Opcode.STORE: (
         ("acc_addr", 16),      # first accumulator line of group 0
@@ -335,6 +336,12 @@ gives `r[j] = (mul_m1 + 1) * sum_i act[m][i] * w[i][j]` and `acc[acc_addr+m][j]`
 `r[j]` (accumulate = 0), `acc + r[j]` (accumulate = 1) or `max(acc, r[j])` (accumulate = 1,
 acc_max = 1), all wrapping at `acc_bits`. The scale serves residual adds (identity tiles,
 one integer weight per input), `acc_max` max pooling.
+With `depthwise = 1` (FIR mode, for depthwise convolutions) it streams `rows + dw_reach`
+lines and line `m < rows` gives
+`r[i] = (mul_m1 + 1) * sum_{o=0..dw_reach} act[m+o][i] * w[i][cols-1-o]`: lane `i` is a
+`dw_reach + 1`-tap filter over the line stream of channel `i`. `dw_reach` is at most
+`cols - 1` (and 0 without `depthwise`); the tile's entries `w[i][cols-1-o]` with
+`o > dw_reach` must be zero, otherwise the results are undefined.
 Completes when the last result is written to the accumulator memory.
 
 ### STORE

@@ -4,8 +4,8 @@ bounds, shared by the hardware and the cycle simulator.
 Kept free of Amaranth imports so the simulator starts fast.
 """
 
-__all__ = ["LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "STORE_INFLIGHT", "STORE_STAGES",
-           "compute_timing"]
+__all__ = ["DW_TREE_FANIN", "LOAD_BURSTS_OUTSTANDING", "LOAD_OUTSTANDING", "STORE_INFLIGHT",
+           "STORE_STAGES", "array_latency", "compute_timing", "dw_tree_stages"]
 
 #: Cycles from an activation scratchpad read to the vector entering the array (read port
 #: latency, then a register after the sign/zero extension).
@@ -25,11 +25,32 @@ STORE_STAGES = 8
 STORE_INFLIGHT = 4
 
 
+#: Inputs the depthwise row-sum adder tree adds per register stage (each PE row sums its
+#: ``cols`` registered products in ``dw_tree_stages(cols)`` pipelined stages).
+DW_TREE_FANIN = 4
+
+
+def dw_tree_stages(cols: int) -> int:
+    """Register stages of a PE row's depthwise adder tree over ``cols`` products (at least
+    one: the row sum is registered), ``DW_TREE_FANIN`` inputs per stage."""
+    stages, width = 1, DW_TREE_FANIN
+    while width < cols:
+        stages, width = stages + 1, width * DW_TREE_FANIN
+    return stages
+
+
+def array_latency(rows: int, cols: int) -> int:
+    """Cycles from a vector entering the systolic array to its result at the output, in
+    every mode: the skewed pass (``rows + cols``) plus the depthwise adder tree's stages
+    after the first (the column sums wait for the row sums)."""
+    return rows + cols + dw_tree_stages(cols) - 1
+
+
 def compute_timing(cfg) -> dict:
     """``feed``: activation read -> array input. ``result``: activation read -> its
     accumulator write (the instruction's completion). ``bank_wait``: last read of a tile ->
     the edge after which its weight bank may be rewritten."""
-    latency = cfg.rows + cfg.cols              # SystolicArray.latency
+    latency = array_latency(cfg.rows, cfg.cols)    # SystolicArray.latency
     return {"feed": FEED, "result": FEED + latency + SCALE,
             "bank_wait": FEED + cfg.rows + cfg.cols - 2}
 

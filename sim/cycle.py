@@ -28,7 +28,7 @@ the CTRL write that starts the program; see ``docs/architecture.md``):
 * compute: preload start ``P`` >= dispatch + 1 and previous hand-off + 1; hand-off
   ``X >= P + nw + 2``, >= the previous instruction's last row, >= the last row of the
   tile two before + ``bank_wait`` + 1; rows issue at ``X+1 .. X+rows`` (a depthwise
-  COMPUTE reads ``dw_taps - 1`` more lines after them, holding S as long); completes
+  COMPUTE reads ``dw_reach`` more lines after them, holding S as long); completes
   ``result`` edges after its last row ``X + rows``.
 * store: start ``S`` >= dispatch + 1 and >= the previous STORE's last W beat ``S' + F +
   max(beats', lines')`` with ``F = STORE_STAGES + 1`` (``lines = reps * rows`` over all
@@ -225,7 +225,7 @@ def simulate_timing(program: Program, *, mem_latency: int,
             if not sync and len(last_rows) >= 2:
                 x = max(x, last_rows[-2] + tm.bank_wait + 1)
             rows = 1 if sync else ins.rows
-            tail = 0 if sync else cfg.dw_tail * ins.depthwise
+            tail = 0 if sync else ins.dw_reach * ins.depthwise
             last = x + rows + tail
             busy = (x + 1, last)
             s_free = last

@@ -89,7 +89,7 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
             counters["dram_read_bytes"] += rows * row_bytes
         elif op == Opcode.COMPUTE:
             rows, a0, c0, w0 = ins.rows, ins.act_addr, ins.acc_addr, ins.weight_addr
-            extra = cfg.dw_tail * ins.depthwise
+            extra = ins.dw_reach * ins.depthwise
             lines = act[a0 * R:(a0 + rows + extra) * R].reshape(rows + extra, R)
             # float64 products are exact here (|a| < 2^8, |w| < 2^7, K <= 64) and use BLAS.
             a = lines.astype(np.float64) if ins.act_unsigned \
@@ -99,10 +99,10 @@ def run_reference(program: Program, inputs: dict[str, np.ndarray] | np.ndarray) 
             if w is None:
                 w = tiles[key] = layout.unpack_weight_tile(cfg, key).astype(np.float64)
             if ins.depthwise:
-                # row mode: lane i of result m sums lane i of lines m .. m + dw_taps - 1
-                # against row i's last dw_taps weights (column cols - 1 - o for line m + o)
+                # FIR mode: lane i of result m sums lane i of lines m .. m + dw_reach
+                # against row i's weights (column cols - 1 - o for line m + o)
                 r = sum(a[o:o + rows] * w[:, C - 1 - o][None, :]
-                        for o in range(cfg.dw_taps)).astype(np.int64)
+                        for o in range(ins.dw_reach + 1)).astype(np.int64)
             else:
                 r = (a @ w).astype(np.int64)
             if ins.mul_m1:

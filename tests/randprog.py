@@ -94,7 +94,8 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
             rows = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
             dw = int(rng.random() < 0.3)
             red = int(rng.random() < 0.2)
-            lines = rows + cfg.dw_tail * dw
+            reach = int(rng.integers(0, cfg.cols)) if dw else 0
+            lines = rows + reach
             instrs.append(isa.make(
                 Opcode.COMPUTE, act_addr=int(rng.integers(0, cfg.act_depth - lines + 1)),
                 weight_addr=int(rng.integers(0, cfg.weight_words - cfg.weight_tile_beats + 1)),
@@ -102,7 +103,7 @@ def random_program(cfg, seed: int, *, length: int = 24, load_runs: bool = False,
                 rows=rows, reduce=red,
                 accumulate=int(rng.integers(0, 2)), act_unsigned=int(rng.integers(0, 2)),
                 mul_m1=int(rng.integers(0, 256)), acc_max=int(rng.integers(0, 2)),
-                depthwise=dw,
+                depthwise=dw, dw_reach=reach,
                 pop_prev=pop("l2c"), pop_next=pop("s2c"),
                 push_prev=push("c2l"), push_next=push("c2s")))
         elif kind == "store":

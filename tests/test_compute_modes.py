@@ -1,5 +1,5 @@
 """COMPUTE's scaled accumulation (``mul_m1``), max accumulation (``acc_max``), depthwise
-row mode (``depthwise``) and row reduction (``reduce``): the RTL equals the reference
+FIR mode (``depthwise``, ``dw_reach``) and row reduction (``reduce``): the RTL equals the reference
 interpreter and an independent numpy model, and the simulator's cycles equal the RTL's."""
 
 import numpy as np
@@ -17,17 +17,18 @@ from amaranth_top import run_top
 Y_ADDR = 0x4000
 
 
-def _setup(cfg, acts, tile, shift):
-    """Segments (weight tile, identity requantization with ``shift``, activations) and the
-    three LOADs that bring them in, the last one pushing to compute."""
+def _setup(cfg, acts, tiles, shift):
+    """Segments (weight tiles, identity requantization with ``shift``, activations) and the
+    three LOADs that bring them in, the last one pushing to compute; tile ``k`` is at weight
+    word ``k * weight_tile_beats``."""
     R = cfg.rows
     w_addr, p_addr, a_addr = 0x1000, 0x2000, 0x3000
-    segments = [(w_addr, layout.pack_weight_tile(cfg, tile)),
+    segments = [(w_addr, b"".join(layout.pack_weight_tile(cfg, t) for t in tiles)),
                 (p_addr, layout.pack_params(np.zeros(R), np.ones(R), np.full(R, shift))),
                 (a_addr, layout.pack_act(cfg, acts))]
     loads = [
         isa.make(Opcode.LOAD, target=LoadTarget.WEIGHT, rows=1,
-                 row_beats=cfg.weight_tile_beats, dram_addr=w_addr),
+                 row_beats=cfg.weight_tile_beats * len(tiles), dram_addr=w_addr),
         isa.make(Opcode.LOAD, target=LoadTarget.PARAM, rows=1,
                  row_beats=cfg.param_line_bits // cfg.bus_bits, dram_addr=p_addr),
         isa.make(Opcode.LOAD, target=LoadTarget.ACT, rows=1,
@@ -45,17 +46,22 @@ def _check(cfg, prog, want, latency):
 
 
 def _program(cfg, rng, m, steps):
-    """act (2*m + 4, R) and one weight tile; COMPUTE steps (accumulate, acc_max, mul_m1,
-    half, depthwise)."""
-    R = cfg.rows
-    T = cfg.dw_taps
+    """act (2*m + cols, R) and one random weight tile per step; COMPUTE steps (accumulate,
+    acc_max, mul_m1, half, depthwise). A depthwise step gets a random ``dw_reach`` and its
+    tile zeros in the columns beyond it (the mode's contract)."""
+    R, C = cfg.rows, cfg.cols
     wb = cfg.weight_bits
-    acts = rng.integers(-128, 128, (2 * m + 4, R))
-    tile = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (R, R))
-    segments, instrs = _setup(cfg, acts, tile, 8)
+    acts = rng.integers(-128, 128, (2 * m + C, R))
+    tiles = [rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (R, C)) for _ in steps]
+    reaches = [int(rng.integers(0, C)) if dw else 0 for *_, dw in steps]
+    for tile, reach, (*_, dw) in zip(tiles, reaches, steps, strict=True):
+        if dw:
+            tile[:, :C - 1 - reach] = 0
+    segments, instrs = _setup(cfg, acts, tiles, 8)
     for k, (accumulate, acc_max, mul_m1, half, dw) in enumerate(steps):
         instrs.append(isa.make(Opcode.COMPUTE, act_addr=half * m, rows=m, accumulate=accumulate,
                                acc_max=acc_max, mul_m1=mul_m1, depthwise=dw,
+                               dw_reach=reaches[k], weight_addr=k * cfg.weight_tile_beats,
                                pop_prev=int(k == 0), push_next=int(k == len(steps) - 1)))
     instrs += [isa.make(Opcode.STORE, rows=m, out_bits=8, dram_addr=Y_ADDR, pop_prev=1),
                isa.make(Opcode.END)]
@@ -63,10 +69,12 @@ def _program(cfg, rng, m, steps):
                    outputs=[TensorRef(name="y", addr=Y_ADDR, rows=m, cols=R)])
     # Independent model.
     acc = None
-    for accumulate, acc_max, mul_m1, half, dw in steps:
+    for (accumulate, acc_max, mul_m1, half, dw), tile, reach in zip(steps, tiles, reaches,
+                                                                   strict=True):
         a0 = half * m
-        if dw:   # lane i of line m sums lane i of lines m .. m+T-1, weights from the right
-            prod = sum(acts[a0 + o:a0 + o + m] * tile[:, R - 1 - o][None, :] for o in range(T))
+        if dw:   # lane i of line m sums lane i of lines m .. m+reach, weights from the right
+            prod = sum(acts[a0 + o:a0 + o + m] * tile[:, C - 1 - o][None, :]
+                       for o in range(reach + 1))
         else:
             prod = acts[a0:a0 + m] @ tile
         r = layout.wrap(prod * (mul_m1 + 1), 32)
@@ -94,8 +102,9 @@ def test_scaled_and_max_accumulation(seed):
 
 @pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2)])
 def test_depthwise_row_mode(name, seed):
-    """Depthwise passes mixed with matrix passes, back to back (the trailing lines of one
-    flow into the array while the next instruction streams)."""
+    """Depthwise passes with random reaches mixed with matrix passes, back to back (the
+    trailing lines of one flow into the array while the next instruction streams, and
+    the next tile's nonzero columns must not leak into the last results)."""
     cfg = PRESETS[name]
     rng = np.random.default_rng(seed)
     steps = [(0, 0, 0, 0, 1), (1, 0, int(rng.integers(0, 4)), 1, 1), (1, 0, 0, 0, 0),
@@ -115,7 +124,7 @@ def test_reduce_sums_or_maxes_every_row_into_one_line(name, seed):
     m = 9
     acts = rng.integers(-128, 128, (2 * m, R))
     tile = rng.integers(-(1 << (cfg.weight_bits - 1)), 1 << (cfg.weight_bits - 1), (R, R))
-    segments, instrs = _setup(cfg, acts, tile, 6)
+    segments, instrs = _setup(cfg, acts, [tile], 6)
     lines_per_store = max(1, cfg.bus_bits // cfg.out_line_bits)
     instrs += [
         isa.make(Opcode.COMPUTE, act_addr=0, rows=m, acc_addr=0, reduce=1, mul_m1=2,

@@ -71,10 +71,10 @@ def _tile_bits(w, wb):
 
 @pytest.mark.parametrize("n,wb,acc", [(2, 2, 32), (4, 3, 32), (8, 8, 32), (4, 8, 16)])
 def test_array_matches_matmul_with_bank_reload(n, wb, acc):
-    """Random vectors alternate banks and modes (matrix / depthwise row mode); bank 0 is
-    reloaded at the earliest allowed edge. Expected values come from numpy per vector."""
-    taps = min(3, n)
-    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc, dw_taps=taps)
+    """Random vectors alternate banks and modes (matrix / depthwise FIR mode); bank 0 is
+    reloaded at the earliest allowed edge. Expected values come from numpy per vector: in
+    FIR mode lane i sums the products of the next n vectors that use the same bank."""
+    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc)
     rng = np.random.default_rng(n + acc)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
     tiles = [rng.integers(lo, hi, (n, n)) for _ in range(3)]
@@ -119,11 +119,11 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
         return [(int(x) + (1 << (acc - 1))) % (1 << acc) - (1 << (acc - 1)) for x in v]
 
     checked = 0
-    for t in range(total - taps + 1):
+    for t in range(total - n + 1):
         if dws[t]:
-            # each product uses the bank of the vector in that PE
+            # each product uses the bank of the vector in that PE; other banks are masked
             want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 1 - o])
-                        for o in range(taps)) for i in range(n)]
+                        for o in range(n) if sels[t + o] == sels[t]) for i in range(n)]
         else:
             want = list(vecs[t] @ tile_of(t))
         assert got[t] == wrap(want), t
