@@ -209,8 +209,6 @@ def _conv_taps(cfg, op: Conv2D, cin: int):
     rows_i, cols_o = np.nonzero(same)
     dense[:, :, rows_i, cols_o] = op.weight[:, :, rows_i % cig, cols_o]
     taps, tiles = [], []
-    if cig == 1 and cog == 1:
-        return _depthwise_taps(cfg, op, dense, nb)
     for n in range(nb):
         for k in range(kb):
             if not same[k * R:(k + 1) * R, n * C:(n + 1) * C].any():
@@ -222,32 +220,38 @@ def _conv_taps(cfg, op: Conv2D, cin: int):
     return _dedupe(cfg, taps, tiles)
 
 
-def _depthwise_taps(cfg, op: Conv2D, dense: np.ndarray, nb: int):
-    """Depthwise taps in the array's row mode: per output block (= input block) and kernel
-    row, the kernel columns of one stride phase in runs of ``dw_taps`` (one COMPUTE each,
-    ``span`` columns); a run of one column is an ordinary diagonal tap."""
-    R, T = cfg.rows, cfg.dw_taps
-    kh, kw = op.kernel
-    sx = op.stride[1]
+def _fir_spec(cfg, ly: SpatialSpec, pitch: int) -> SpatialSpec:
+    """``ly`` (a depthwise layer of diagonal taps, one per block and kernel position) with
+    its taps grouped into depthwise FIR taps for slab ``pitch``: per block and stride phase
+    plane, the kernel positions in order of line offset ``(ky // sy) * pitch + kx // sx``,
+    each group the positions within ``cols - 1`` lines of its first; position ``o`` lines
+    after the first puts its channel weights on tile column ``cols - 1 - o``."""
+    C = cfg.cols
+    sy, sx = ly.stride
     taps, tiles = [], []
-    for n in range(nb):
-        blk = dense[:, :, n * R:(n + 1) * R, n * R:(n + 1) * R]
-        diag = np.einsum("yxii->yxi", blk)        # (kh, kw, R): each lane's own weight
-        for ky in range(kh):
-            for px in range(min(sx, kw)):
-                cols = list(range(px, kw, sx))
-                for j in range(0, len(cols), T):
-                    run = cols[j:j + T]
-                    tile = np.zeros((R, R), np.int64)
-                    if len(run) == 1:
-                        tile = blk[ky, run[0]]
-                    else:
-                        for o, kx in enumerate(run):
-                            tile[:, R - 1 - o] = diag[ky, kx]
-                    taps.append(Tap(n=n, src=0, k=n, ky=ky, kx=run[0], tile=len(tiles),
-                                    span=len(run)))
-                    tiles.append(tile)
-    return _dedupe(cfg, taps, tiles)
+    for n in range(layout.blocks(cfg, ly.n)):
+        planes: dict[tuple[int, int], list[Tap]] = {}
+        for tp in ly.taps_of(n):
+            planes.setdefault((tp.ky % sy, tp.kx % sx), []).append(tp)
+        for plane in sorted(planes):
+            members = sorted(planes[plane],
+                             key=lambda t: (t.ky // sy) * pitch + t.kx // sx)
+            while members:
+                first = members[0]
+                group = [t for t in members
+                         if (t.ky // sy - first.ky // sy) * pitch + t.kx // sx
+                         - first.kx // sx < C]
+                members = members[len(group):]
+                fir = Tap(n=n, src=first.src, k=first.k, ky=first.ky, kx=first.kx,
+                          tile=len(tiles), mul=first.mul,
+                          fir=tuple((t.ky, t.kx) for t in group))
+                tile = np.zeros((cfg.rows, C), np.int64)
+                for t, o in zip(group, fir.offsets(ly.stride, pitch), strict=True):
+                    tile[:, C - 1 - o] = np.diagonal(ly.tiles[t.tile])
+                taps.append(fir)
+                tiles.append(tile)
+    taps, tiles = _dedupe(cfg, taps, tiles)
+    return dataclasses.replace(ly, taps=tuple(taps), tiles=tiles, pitch=pitch)
 
 
 def _identity_taps(cfg, nb: int, per_block) -> tuple[list[Tap], np.ndarray]:
@@ -448,14 +452,33 @@ def verify_spatial(g: GraphIR, ly: SpatialSpec) -> None:
         src = g.tensor(ly.srcs[tp.src])
         if not (0 <= tp.n < nb and 0 <= tp.k < layout.blocks(cfg, src.cols)
                 and 0 <= tp.ky < kh and 0 <= tp.kx < kw and 0 <= tp.tile < len(ly.tiles)
-                and 1 <= tp.mul <= 256 and 1 <= tp.span <= cfg.dw_taps
-                and tp.kx + (tp.span - 1) * sx < kw):
+                and 1 <= tp.mul <= 256
+                and all(0 <= y < kh and 0 <= x < kw and y % sy == tp.ky % sy
+                        and x % sx == tp.kx % sx for y, x in tp.positions)):
             raise CompileError(f"{where}: tap {tp} out of range")
+        if tp.fir:
+            _verify_fir(cfg, ly, tp)
     if sorted({tp.n for tp in ly.taps}) != list(range(nb)):
         raise CompileError(f"{where}: every output block needs at least one tap")
     for name in ("bias", "mult", "shift"):
         if getattr(ly, name).shape != (ly.n,):
             raise CompileError(f"{where}: {name} must have shape ({ly.n},)")
+
+
+def _verify_fir(cfg, ly: SpatialSpec, tp: Tap) -> None:
+    """A depthwise FIR tap: a fixed layer pitch, distinct line offsets from 0 (its first
+    position) to at most ``cols - 1``, and zero weights in the tile columns beyond its reach
+    (the COMPUTE contract)."""
+    C = cfg.cols
+    offs = tp.offsets(ly.stride, ly.pitch) if ly.pitch > 0 else ()
+    if not offs or offs[0] != 0 or min(offs) != 0 or max(offs) >= C \
+            or len(set(offs)) != len(offs):
+        raise CompileError(f"{ly.name}: depthwise tap {tp} needs line offsets from 0 to at "
+                           f"most cols - 1 = {C - 1} at the layer pitch {ly.pitch}, not "
+                           f"{list(offs)}")
+    if ly.tiles[tp.tile][:, :C - 1 - max(offs)].any():
+        raise CompileError(f"{ly.name}: tile {tp.tile} of depthwise tap {tp} has weights "
+                           f"beyond its reach {max(offs)}")
 
 
 # -- tiling ---------------------------------------------------------------------------------
@@ -474,30 +497,34 @@ def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
     sy, sx = ly.stride
     used = sorted({(t.ky % sy, t.kx % sx) for t in ly.taps})
     pitch = _tile_pitch(ly, nc)
-    hq = nr + max(t.ky // sy for t in ly.taps)
+    hq = nr + max(t.depth(sy) for t in ly.taps)
     planes = tuple((py, px, i * hq * pitch) for i, (py, px) in enumerate(used))
     return _Geometry(pitch, hq, planes, len(used) * hq * pitch, (nr - 1) * pitch + nc)
 
 
 def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[int, int]:
     """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile loads (with
-    stride 1 in x, whole pitch-wide rows: one 2-D LOAD per plane)."""
+    stride 1 in x and no fixed pitch, whole pitch-wide rows: one 2-D LOAD per plane)."""
     sy, sx = ly.stride
     ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
-    if sx == 1:
-        return nr + max(t.ky // sy for t in ph), _tile_pitch(ly, nc)
-    return nr + max(t.ky // sy for t in ph), nc + max(t.reach(sx) for t in ph)
+    if sx == 1 and not ly.pitch:
+        return nr + max(t.depth(sy) for t in ph), _tile_pitch(ly, nc)
+    return nr + max(t.depth(sy) for t in ph), nc + max(t.reach(sx) for t in ph)
+
+
+def _plane_loads(ly: SpatialSpec, pitch: int, ext: list[tuple[int, int]]) -> int:
+    """LOADs of a slab whose phase planes have extents ``ext``: one per plane whose rows
+    are contiguous (stride 1 in x, ``pitch`` columns), else one per plane row."""
+    return sum(1 if ly.stride[1] == 1 and c == pitch else r for r, c in ext)
 
 
 def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
-    """Slab lines per row (and accumulator lines per output row) of a tile ``nc`` wide."""
-    return nc + max(t.reach(ly.stride[1]) for t in ly.taps)
-
-
-def _dw_tail(cfg, ly: SpatialSpec) -> int:
-    """Lines a depthwise row-mode COMPUTE reads after its rows (0 without such taps); the
-    scratchpad keeps that many lines spare after the last slab."""
-    return cfg.dw_tail if any(t.span > 1 for t in ly.taps) else 0
+    """Slab lines per row (and accumulator lines per output row) of a tile ``nc`` wide: the
+    layer's fixed pitch if it has one (depthwise FIR taps), else ``nc`` plus the window's
+    reach. A depthwise COMPUTE's trailing lines stay inside its phase plane: its last
+    position's offset plus ``(nr - 1) * pitch + nc`` lines is at most the plane's
+    ``(nr + depth) * pitch``."""
+    return ly.pitch or nc + max(t.reach(ly.stride[1]) for t in ly.taps)
 
 
 def _splits(total: int, size: int) -> list[tuple[int, int]]:
@@ -543,9 +570,10 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     oh, ow = ly.out_hw
     sx = ly.stride[1]
     geo = _geometry(ly, nr, nc)
-    depth = cfg.act_depth - _dw_tail(cfg, ly)
+    depth = cfg.act_depth
     if geo.acc_lines > acc_cap or geo.slab_lines > depth \
-            or geo.slab_lines * lb > 1 << 16:
+            or geo.slab_lines * lb > 1 << 16 \
+            or nc + max(t.reach(sx) for t in ly.taps) > geo.pitch:
         return None
     nt = _ceil_div(oh, nr) * _ceil_div(ow, nc)
     nb = layout.blocks(cfg, ly.n)
@@ -555,10 +583,17 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     per_n = [len(_slab_keys(ly, n)) for n in range(nb)]
     n_taps = len(ly.taps)
     rows = geo.acc_lines
-    per_compute = max(rows + _dw_tail(cfg, ly), wtb + 3, _ceil_div(rows + R + C + 1, 2))
-    comp = nt * n_taps * per_compute
+
+    def per_compute(tp: Tap) -> int:
+        """S-stage cycles of one COMPUTE: its lines, the weight preload, or half the pair
+        of COMPUTEs between reuses of a weight bank."""
+        lines = rows + tp.dw_reach(ly.stride, geo.pitch)
+        return max(lines, wtb + 3, _ceil_div(lines + R + C + 1, 2))
+
+    comp = nt * sum(per_compute(tp) for tp in ly.taps)
+    mean_compute = _ceil_div(comp, nt * n_taps)
     ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in geo.planes]
-    loads_per_slab = len(ext) if sx == 1 else sum(r for r, _ in ext)
+    loads_per_slab = _plane_loads(ly, geo.pitch, ext)
     beats_per_slab = sum(r * c for r, c in ext) * lb
     slabs = nt * (len(keys) if resident else sum(per_n))
     act = slabs * (beats_per_slab + _XFER * loads_per_slab)
@@ -579,8 +614,8 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     epilogue = R + C + nb * store_busy + _XFER     # the last tile's blocks drain
     cost = max(comp, act + wload, store, dispatch) + prologue + epilogue
     if not (resident and slots >= 2 * len(keys)):
-        cost += (nt - 1) * max(0, beats_per_slab + _XFER * loads_per_slab - per_compute)
-    tile_time = max(1, len(ly.taps_of(0)) * per_compute)
+        cost += (nt - 1) * max(0, beats_per_slab + _XFER * loads_per_slab - mean_compute)
+    tile_time = max(1, sum(per_compute(tp) for tp in ly.taps_of(0)))
     drain = R + C + 2 + store_busy + 2 * _XFER
     buffers = min(cfg.acc_depth // rows,
                   2 + _ceil_div(max(0, drain - tile_time), tile_time))
@@ -641,17 +676,36 @@ def _plan_reduce(cfg, g, ly, index, window, *, param_group, param_slots) -> Spat
         reduce_rows=chunk)
 
 
+def _fir_candidate(cfg, ly: SpatialSpec):
+    """For a depthwise layer of diagonal taps: a function of a tile width giving the layer
+    with depthwise FIR taps for that width's pitch (one per pitch); else None."""
+    if ly.kind != "dwconv" or ly.pitch or any(tp.fir for tp in ly.taps):
+        return None
+    specs: dict[int, SpatialSpec] = {}
+
+    def spec(nc: int) -> SpatialSpec:
+        pitch = _tile_pitch(ly, nc)
+        if pitch not in specs:
+            specs[pitch] = _fir_spec(cfg, ly, pitch)
+        return specs[pitch]
+
+    return spec
+
+
 def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
                  weight_group: int, weight_slots: int, param_group: int,
-                 param_slots: int) -> SpatialTiling:
-    """Choose the output tiles of a spatial layer (see the module docstring)."""
+                 param_slots: int) -> tuple[SpatialTiling, SpatialSpec]:
+    """Choose the output tiles of a spatial layer (see the module docstring); return them
+    and the layer, a depthwise one with its taps grouped into depthwise FIR taps for the
+    chosen tile pitch."""
     window = _global_window(cfg, ly)
     if window is not None:
         return _plan_reduce(cfg, g, ly, index, window, param_group=param_group,
-                            param_slots=param_slots)
+                            param_slots=param_slots), ly
     oh, ow = ly.out_hw
     acc_cap = cfg.acc_depth // 2
     ring = weight_group * weight_slots
+    fir = _fir_candidate(cfg, ly)
     best = None
     for n_tx in range(1, ow + 1):
         nc = _ceil_div(ow, n_tx)
@@ -661,9 +715,10 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
             nr = _ceil_div(oh, n_ty)
             if n_ty > 1 and nr == _ceil_div(oh, n_ty - 1):
                 continue
-            got = _spatial_cost(cfg, g, ly, nr, nc, weight_group, ring, acc_cap)
+            cand = fir(nc) if fir else ly
+            got = _spatial_cost(cfg, g, cand, nr, nc, weight_group, ring, acc_cap)
             if got is not None and (best is None or got[0] < best[0]):
-                best = (got[0], nr, nc, got[1])
+                best = (got[0], nr, nc, got[1], cand)
         if best is not None and n_tx >= 2:
             break
     if best is None:
@@ -672,7 +727,7 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
                            f"{geo.slab_lines} activation lines for its {ly.kernel[0]}x"
                            f"{ly.kernel[1]} window (stride {ly.stride}), but act_depth is "
                            f"{cfg.act_depth}")
-    cost, nr, nc, info = best
+    cost, nr, nc, info, ly = best
     geo = info["geo"]
     tiles = tuple((y0, r, x0, c) for y0, r in _splits(oh, nr) for x0, c in _splits(ow, nc))
     nb = layout.blocks(cfg, ly.n)
@@ -684,12 +739,16 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
         act_resident=info["resident"], weight_resident=info["w_res"],
         param_resident=nb <= param_group * param_slots, acc_buffers=info["buffers"],
         acc_lines=geo.acc_lines, est_cycles=cost, n_computes=len(tiles) * len(ly.taps),
-        n_stores=n_stores)
+        n_stores=n_stores), ly
 
 
 def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> None:
     cfg = t.config
     where = f"layer {lt.layer}"
+    verify_spatial(t.graph, ly)
+    if ly.pitch and ly.pitch != lt.pitch:
+        raise CompileError(f"{where}: tiling pitch {lt.pitch} differs from the layer's fixed "
+                           f"pitch {ly.pitch}")
     if lt.reduce_rows:
         window = _global_window(cfg, ly)
         nb = layout.blocks(cfg, ly.n)
@@ -716,9 +775,8 @@ def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> Non
                 raise CompileError(f"{where}: phase plane {(py, px)} overruns the slab")
     if not (covered == 1).all():
         raise CompileError(f"{where}: output tiles do not cover the {oh}x{ow} output once")
-    if lt.act_slots * lt.slab_lines + _dw_tail(cfg, ly) > cfg.act_depth or lt.act_slots < 1:
-        raise CompileError(f"{where}: activation slots exceed act_depth"
-                           + (" (with the depthwise tail)" if _dw_tail(cfg, ly) else ""))
+    if lt.act_slots * lt.slab_lines > cfg.act_depth or lt.act_slots < 1:
+        raise CompileError(f"{where}: activation slots exceed act_depth")
     if lt.acc_buffers < 1 or lt.acc_buffers * lt.acc_lines > cfg.acc_depth:
         raise CompileError(f"{where}: accumulator buffers exceed acc_depth")
     if lt.act_resident and lt.act_slots < lt.slabs:
@@ -773,7 +831,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     def transfers_of(tile) -> int:
         _, nr, _, nc = tile
         ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
-        return len(ext) if sx == 1 else sum(r for r, _ in ext)
+        return _plane_loads(ly, _tile_pitch(ly, nc), ext)
 
     def load_slab(ti: int, tile, si: int, k: int, ci: int, spread: bool) -> int:
         slot = state["apos"] % lt.act_slots
@@ -794,7 +852,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         for py, px, off in lt.planes:
             rows, cols = _phase_extent(ly, py, px, nr, nc)
             first_line = (r0 + py) * wb + c0 + px
-            if sx == 1:
+            if sx == 1 and cols == pitch:
                 transfers = [(first_line, off, dict(rows=rows, row_beats=cols * lb,
                                                     stride=sy * wb * R),
                               (first_line + sy * wb * np.arange(rows)[:, None]
@@ -873,15 +931,17 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                 word = (w_slot[grp] * wg + tp.tile - grp * wg) * wtb
                 line = slab_at[key] + plane_of[(tp.ky % sy, tp.kx % sx)] \
                     + (tp.ky // sy) * pitch + tp.kx // sx
-                dw = tp.span > 1
+                reach = tp.dw_reach(ly.stride, pitch)
                 op = Op.make(Opcode.COMPUTE, act_addr=line, weight_addr=word, acc_addr=acc0,
                              rows=rows, accumulate=int(j > 0),
                              act_unsigned=int(ly.act_unsigned[tp.src]), mul_m1=tp.mul - 1,
-                             acc_max=int(ly.acc_max and j > 0), depthwise=int(dw),
+                             acc_max=int(ly.acc_max and j > 0), depthwise=int(bool(tp.fir)),
+                             dw_reach=reach,
                              note=f"{ly.name} t{ti} n{n} {ly.srcs[tp.src]}[{tp.k}] "
-                                  f"tap {tp.ky},{tp.kx}" + (f" x{tp.span}" if dw else ""))
+                                  f"tap {tp.ky},{tp.kx}"
+                                  + (f" fir x{len(tp.fir)}" if tp.fir else ""))
                 bld.computes.append((op, li))
-                bld.act_use[line:line + rows + cfg.dw_tail * dw] = ci
+                bld.act_use[line:line + rows + reach] = ci
                 bld.w_use[word:word + wtb] = ci
             ci = len(bld.computes) - 1
             pgrp = n // pg

@@ -115,9 +115,12 @@ class Tap:
     shifted by kernel position ``(ky, kx)``, through weight tile ``tile`` into output block
     ``n``, the products scaled by ``mul`` (``1..256``).
 
-    ``span > 1`` is a depthwise row-mode tap (COMPUTE ``depthwise``): it covers kernel
-    columns ``kx, kx + sx, .., kx + (span - 1) * sx`` of one channel per lane, tile column
-    ``cols - 1 - o`` holding column ``kx + o * sx``'s weights on its diagonal position."""
+    ``fir`` non-empty is a depthwise FIR tap (COMPUTE ``depthwise``): it covers the kernel
+    positions ``fir`` of one stride phase, ``(ky, kx)`` first (the smallest slab line
+    offset). With the layer's slab ``pitch``, position ``(y, x)`` is line offset
+    ``o = (y - ky) // sy * pitch + (x - kx) // sx`` from the tap's first line and its
+    channel weights sit on tile column ``cols - 1 - o`` (lane ``i`` in row ``i``); the
+    COMPUTE's ``dw_reach`` is the largest ``o``."""
 
     n: int
     src: int
@@ -126,11 +129,30 @@ class Tap:
     kx: int
     tile: int
     mul: int = 1
-    span: int = 1
+    fir: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def positions(self) -> tuple[tuple[int, int], ...]:
+        """The kernel positions ``(ky, kx)`` the tap covers."""
+        return self.fir or ((self.ky, self.kx),)
 
     def reach(self, sx: int) -> int:
         """The last kernel column offset (in strided pixels) the tap's window reads."""
-        return self.kx // sx + self.span - 1
+        return max(x // sx for _, x in self.positions)
+
+    def depth(self, sy: int) -> int:
+        """The last kernel row offset (in strided pixels) the tap's window reads."""
+        return max(y // sy for y, _ in self.positions)
+
+    def offsets(self, stride: tuple[int, int], pitch: int) -> tuple[int, ...]:
+        """Slab line offset of each of :attr:`positions` from the tap's first line."""
+        sy, sx = stride
+        return tuple((y // sy - self.ky // sy) * pitch + x // sx - self.kx // sx
+                     for y, x in self.positions)
+
+    def dw_reach(self, stride: tuple[int, int], pitch: int) -> int:
+        """The COMPUTE's ``dw_reach``: 0 for an ordinary tap."""
+        return max(self.offsets(stride, pitch)) if self.fir else 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +165,9 @@ class SpatialSpec:
     when ``acc_max``. ``taps`` are grouped by output block ``n`` (ascending); within a
     block, the taps of one source block are consecutive. ``kind`` names what the layer
     came from (``conv``, ``dwconv``, ``maxpool``, ``avgpool``, ``add``, ``act``).
+
+    ``pitch`` > 0 fixes the slab pitch of every output tile (the tiles of depthwise FIR
+    taps depend on it); 0 lets each tile use ``cols + max tap reach``.
     """
 
     name: str
@@ -164,6 +189,7 @@ class SpatialSpec:
     out_unsigned: bool
     act_unsigned: tuple[bool, ...]
     macs: int = 0                  # useful multiply-accumulates (for reports)
+    pitch: int = 0                 # fixed slab pitch (depthwise FIR taps), 0: per tile
 
     @property
     def n(self) -> int:

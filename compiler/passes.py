@@ -269,12 +269,14 @@ def plan_tiles(g: GraphIR) -> TiledIR:
     acc_cap = cfg.acc_depth // 2 if lpb <= cfg.acc_depth // 2 else cfg.acc_depth
     row_beats_cap = (0xFFFF * cfg.beat_bytes) // cfg.rows      # LOAD.row_beats is 16 bits
     mt_cap = min(acc_cap, cfg.act_depth, 0xFFFF, row_beats_cap) // lpb * lpb
-    tilings = []
+    tilings, layers = [], list(g.layers)
     for i, ly in enumerate(g.layers):
         if isinstance(ly, SpatialSpec):
             from .conv import plan_spatial
-            tilings.append(plan_spatial(cfg, g, ly, i, weight_group=wg, weight_slots=wslots,
-                                        param_group=pg, param_slots=pslots))
+            # a depthwise layer comes back with its taps grouped for the chosen pitch
+            lt, layers[i] = plan_spatial(cfg, g, ly, i, weight_group=wg, weight_slots=wslots,
+                                         param_group=pg, param_slots=pslots)
+            tilings.append(lt)
             continue
         m = g.tensor(ly.src).rows
         mp = layout.padded_rows(cfg, m)
@@ -299,8 +301,8 @@ def plan_tiles(g: GraphIR) -> TiledIR:
             act_slots=info["slots"], act_resident=info["resident"], act_group=info["group"],
             weight_resident=info["w_res"], param_resident=nb <= pg * pslots,
             acc_buffers=info["buffers"], acc_lines=mt, est_cycles=int(cost)))
-    return TiledIR(graph=g, tilings=tuple(tilings), weight_group=wg, weight_slots=wslots,
-                   param_group=pg, param_slots=pslots)
+    return TiledIR(graph=replace(g, layers=tuple(layers)), tilings=tuple(tilings),
+                   weight_group=wg, weight_slots=wslots, param_group=pg, param_slots=pslots)
 
 
 def verify_tiling(t: TiledIR) -> None:
