@@ -504,18 +504,21 @@ def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
 
 def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[int, int]:
     """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile loads (with
-    stride 1 in x and no fixed pitch, whole pitch-wide rows: one 2-D LOAD per plane)."""
+    stride 1 in x, whole pitch-wide rows: one 2-D LOAD per plane)."""
     sy, sx = ly.stride
     ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
-    if sx == 1 and not ly.pitch:
+    if sx == 1:
         return nr + max(t.depth(sy) for t in ph), _tile_pitch(ly, nc)
     return nr + max(t.depth(sy) for t in ph), nc + max(t.reach(sx) for t in ph)
 
 
-def _plane_loads(ly: SpatialSpec, pitch: int, ext: list[tuple[int, int]]) -> int:
-    """LOADs of a slab whose phase planes have extents ``ext``: one per plane whose rows
-    are contiguous (stride 1 in x, ``pitch`` columns), else one per plane row."""
-    return sum(1 if ly.stride[1] == 1 and c == pitch else r for r, c in ext)
+def _left_shift(ly: SpatialSpec, nc: int) -> int:
+    """Columns a tile ``nc`` wide loads left of its window: with stride 1 in x a plane row
+    is ``pitch`` columns, so a tile narrower than a fixed pitch allows starts its slab rows
+    that much further left (its COMPUTEs start as much later in the slab)."""
+    if ly.stride[1] != 1:
+        return 0
+    return _tile_pitch(ly, nc) - nc - max(t.reach(1) for t in ly.taps)
 
 
 def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
@@ -593,7 +596,7 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     comp = nt * sum(per_compute(tp) for tp in ly.taps)
     mean_compute = _ceil_div(comp, nt * n_taps)
     ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in geo.planes]
-    loads_per_slab = _plane_loads(ly, geo.pitch, ext)
+    loads_per_slab = len(ext) if sx == 1 else sum(r for r, _ in ext)
     beats_per_slab = sum(r * c for r, c in ext) * lb
     slabs = nt * (len(keys) if resident else sum(per_n))
     act = slabs * (beats_per_slab + _XFER * loads_per_slab)
@@ -765,6 +768,9 @@ def verify_spatial_tiling(t: TiledIR, ly: SpatialSpec, lt: SpatialTiling) -> Non
             raise CompileError(f"{where}: output tile {(y0, r, x0, c)} outside {oh}x{ow}")
         covered[y0:y0 + r, x0:x0 + c] += 1
         pitch = _tile_pitch(ly, c)
+        if _left_shift(ly, c) > x0:
+            raise CompileError(f"{where}: output tile {(y0, r, x0, c)} is narrower than the "
+                               f"pitch {pitch} allows but starts at column {x0}")
         if pitch > lt.pitch or (r - 1) * pitch + c > lt.acc_lines:
             raise CompileError(f"{where}: output tile {(y0, r, x0, c)} exceeds the pitch or "
                                f"the accumulator buffer")
@@ -831,7 +837,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
     def transfers_of(tile) -> int:
         _, nr, _, nc = tile
         ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
-        return _plane_loads(ly, _tile_pitch(ly, nc), ext)
+        return len(ext) if sx == 1 else sum(r for r, _ in ext)
 
     def load_slab(ti: int, tile, si: int, k: int, ci: int, spread: bool) -> int:
         slot = state["apos"] % lt.act_slots
@@ -845,14 +851,14 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         y0, nr, x0, nc = tile
         pitch = _tile_pitch(ly, nc)
         oy, ox = ly.origins[si]
-        r0, c0 = oy + y0 * sy, ox + x0 * sx
+        r0, c0 = oy + y0 * sy, ox + (x0 - _left_shift(ly, nc)) * sx
         ext = [_phase_extent(ly, py, px, nr, nc) for py, px, _ in lt.planes]
         early = ahead(ci, sum(r * c for r, c in ext) * lb, transfers_of(tile),
                       (nr - 1) * pitch + nc)
         for py, px, off in lt.planes:
             rows, cols = _phase_extent(ly, py, px, nr, nc)
             first_line = (r0 + py) * wb + c0 + px
-            if sx == 1 and cols == pitch:
+            if sx == 1:
                 transfers = [(first_line, off, dict(rows=rows, row_beats=cols * lb,
                                                     stride=sy * wb * R),
                               (first_line + sy * wb * np.arange(rows)[:, None]
@@ -930,7 +936,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
                     load_weights(grp, ci, rows)
                 word = (w_slot[grp] * wg + tp.tile - grp * wg) * wtb
                 line = slab_at[key] + plane_of[(tp.ky % sy, tp.kx % sx)] \
-                    + (tp.ky // sy) * pitch + tp.kx // sx
+                    + (tp.ky // sy) * pitch + tp.kx // sx + _left_shift(ly, nc)
                 reach = tp.dw_reach(ly.stride, pitch)
                 op = Op.make(Opcode.COMPUTE, act_addr=line, weight_addr=word, acc_addr=acc0,
                              rows=rows, accumulate=int(j > 0),

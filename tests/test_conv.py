@@ -200,9 +200,11 @@ def test_stacked_convs_with_several_output_tiles():
     assert res["sim"].cycles > 0
 
 
-def test_depthwise_uses_the_row_mode_and_reports_utilization():
-    """A 3x3 depthwise layer is one row-mode tap per (channel block, kernel row): lane i's
-    weights for kernel column o sit at tile position (i, cols - 1 - o), nowhere else."""
+def test_depthwise_uses_fir_taps_and_reports_utilization():
+    """A 3x3 depthwise layer becomes depthwise FIR taps for the chosen pitch p: per channel
+    block, the kernel positions in order of line offset ``ky * p + kx``, each tap those
+    within ``cols - 1`` lines of its first; lane i's weight for a position ``o`` lines after
+    the first sits at tile position (i, cols - 1 - o), nowhere else; every position once."""
     cfg = PRESETS["8x8"]
     rng = np.random.default_rng(0)
     x = _image(rng, (6, 6, 16))
@@ -210,29 +212,38 @@ def test_depthwise_uses_the_row_mode_and_reports_utilization():
     a = g.input("x", (6, 6, 16), calib=x)
     w = rng.integers(-128, 128, (3, 3, 16))
     g.output(g.depthwise_conv2d(a, w, padding=1))
+    from lowbit.compiler import passes
     from lowbit.compiler.conv import lower
 
     graph, _ = lower(g, cfg)
-    ly = graph.layers[0]
-    assert ly.kind == "dwconv" and len(ly.taps) == 2 * 3
-    for tp in ly.taps:
-        t = ly.tiles[tp.tile]
-        assert tp.span == 3 and tp.kx == 0
-        want = np.zeros((8, 8), np.int64)
-        for o in range(3):
-            want[:, 7 - o] = w[tp.ky, o, tp.n * 8:(tp.n + 1) * 8]
-        assert np.array_equal(t, want)
+    tiled = passes.plan_tiles(graph)
+    ly, lt = tiled.graph.layers[0], tiled.tilings[0]
+    p = ly.pitch
+    assert ly.kind == "dwconv" and p == lt.pitch == max(c for *_, c in lt.out_tiles) + 2
+    for n in range(2):
+        offsets = sorted(ky * p + kx for ky in range(3) for kx in range(3))
+        groups = []
+        while offsets:
+            groups.append([o for o in offsets if o - offsets[0] < 8])
+            offsets = offsets[len(groups[-1]):]
+        taps = ly.taps_of(n)
+        assert [sorted(ky * p + kx for ky, kx in tp.fir) for tp in taps] == groups
+        for tp in taps:
+            want = np.zeros((8, 8), np.int64)
+            for ky, kx in tp.fir:
+                want[:, 7 - (ky - tp.ky) * p - (kx - tp.kx)] = w[ky, kx, n * 8:(n + 1) * 8]
+            assert np.array_equal(ly.tiles[tp.tile], want)
     prog, res = _execute(g, cfg, {"x": x})
     computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE]
     assert all(i.depthwise for i in computes)
+    assert sorted({i.dw_reach for i in computes}) == sorted({grp[-1] - grp[0] for grp in groups})
     macs = g.macs()
     assert macs == 6 * 6 * 9 * 16
-    # useful MACs / MAC slots: 3 * rows per line out of rows * cols (3/8), times the share
-    # of streamed lines that are output pixels (6 of every 8 but in a tile's last row)
+    # MAC slots: every tile streams (rows - 1) * p + cols lines per tap and block
     slots = res["sim"].counters["macs"]
-    rows = sum(i.rows for i in computes)
-    assert slots == rows * 64
-    assert 3 / 8 * 6 / 8 < macs / slots <= 3 / 8
+    per_tile = sum((r - 1) * p + c for _, r, _, c in lt.out_tiles)
+    assert slots == 64 * per_tile * len(groups) * 2
+    assert sum(i.rows for i in computes) * 64 == slots
 
 
 # -- pooling, add, activations, flatten -----------------------------------------------------
