@@ -902,7 +902,7 @@ def schedule_spatial(t: TiledIR, bld: _Builder, ly: SpatialSpec, lt: SpatialTili
         blocker = int(bld.p_use[line0:line0 + pg].max())
         op = param_load_op(layer=li, name=ly.name, grp=grp, group=pg, count=count,
                            line0=line0, line_bytes=pline, beat_bytes=B)
-        bld.add_load(op, key, 2, blocker, blocker)
+        bld.add_load(op, key, 2, blocker, blocker, early=key - 1)
         p_slot[grp] = slot
 
     if lt.param_resident:
