@@ -722,8 +722,8 @@ def plan_spatial(cfg: AccelConfig, g: GraphIR, ly: SpatialSpec, index: int, *,
             got = _spatial_cost(cfg, g, cand, nr, nc, weight_group, ring, acc_cap)
             if got is not None and (best is None or got[0] < best[0]):
                 best = (got[0], nr, nc, got[1], cand)
-        if best is not None and n_tx >= 2:
-            break
+        if best is not None and n_tx >= 2 and fir is None:
+            break      # narrower tiles only pay for depthwise FIR taps (more per COMPUTE)
     if best is None:
         geo = _geometry(ly, 1, 1)
         raise CompileError(f"{ly.name}: even a 1x1 output tile needs a slab of "
