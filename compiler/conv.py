@@ -24,7 +24,10 @@ Every spatial operator becomes a :class:`SpatialSpec`: a list of *taps*, each on
 * ``Conv2D`` (any ``kh x kw``, stride, padding, groups): a tap per (output block, input
   block, kernel position); the tile is the kernel position's weights restricted to the two
   blocks. Blocks of different groups have no tap, so a depthwise convolution is one
-  *diagonal* tile per (block, position): ``1 / cols`` of the array does useful work.
+  *diagonal* tile per (block, position) at this level; the tiling pass fixes its slab pitch
+  and groups those into depthwise FIR taps (:func:`_fir_spec`, COMPUTE ``depthwise``): the
+  positions of one stride phase within ``cols - 1`` slab lines of each other share a
+  COMPUTE.
 * ``Pool2D``: identity tiles; ``max`` keeps the maximum (``acc_max``), ``avg`` sums and the
   STORE requantizes by ``~1 / (kh * kw)``; ``global_avg_pool`` is ``avg`` over the map.
 * ``Add``: two identity taps per block, scaled by the integers ``mul_a``, ``mul_b``

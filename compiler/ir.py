@@ -230,6 +230,7 @@ class GraphIR:
                            f"{ly.kernel[0]}x{ly.kernel[1]} stride {ly.stride} origins "
                            f"{list(ly.origins)} -> {ly.out_hw[0]}x{ly.out_hw[1]}x{ly.n}, "
                            f"{len(ly.taps)} taps, {len(ly.tiles)} tiles, "
+                           + (f"pitch {ly.pitch}, " if ly.pitch else "") +
                            f"{'max' if ly.acc_max else 'sum'}, relu={int(ly.relu)}, "
                            f"out={'u' if ly.out_unsigned else 'i'}{ly.out_bits})")
                 continue

@@ -101,7 +101,7 @@ def test_scaled_and_max_accumulation(seed):
 
 
 @pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2)])
-def test_depthwise_row_mode(name, seed):
+def test_depthwise_fir_mode(name, seed):
     """Depthwise passes with random reaches mixed with matrix passes, back to back (the
     trailing lines of one flow into the array while the next instruction streams, and
     the next tile's nonzero columns must not leak into the last results)."""
