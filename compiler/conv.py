@@ -111,6 +111,11 @@ __all__ = [
 ]
 
 
+#: Load-unit cycles a LOAD costs in the tiling model's throughput term besides its beats (its
+#: start and address phase; its latency overlaps with the LOADs in flight).
+_LOAD_ISSUE = 4
+
+
 # -- config ---------------------------------------------------------------------------------
 
 
@@ -602,7 +607,8 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     loads_per_slab = len(ext) if sx == 1 else sum(r for r, _ in ext)
     beats_per_slab = sum(r * c for r, c in ext) * lb
     slabs = nt * (len(keys) if resident else sum(per_n))
-    act = slabs * (beats_per_slab + _XFER * loads_per_slab)
+    # LOADs overlap (LOAD_OUTSTANDING in flight): a few issue cycles each, not _XFER
+    act = slabs * (beats_per_slab + _LOAD_ISSUE * loads_per_slab)
     n_tiles = len(ly.tiles)
     w_res = n_tiles <= ring
     n_w = n_tiles if w_res else nt * n_tiles
