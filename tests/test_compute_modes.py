@@ -2,6 +2,8 @@
 FIR mode (``depthwise``, ``dw_reach``) and row reduction (``reduce``): the RTL equals the reference
 interpreter and an independent numpy model, and the simulator's cycles equal the RTL's."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,19 @@ def test_reduce_sums_or_maxes_every_row_into_one_line(name, seed):
     want = layout.requantize(np.stack([total, peak]), 0, 1, 6, relu=False, out_bits=8,
                              out_unsigned=False)
     _check(cfg, prog, want, 3)
+
+
+@pytest.mark.parametrize("depthwise,reach,allowed", [(1, 4, 3), (0, 1, 0)])
+def test_dw_reach_is_checked_against_cols(depthwise, reach, allowed):
+    """``dw_reach`` is at most ``cols - 1`` with ``depthwise`` and 0 without."""
+    from lowbit.program import ProgramError
+
+    cfg = PRESETS["tiny"]
+    instrs = [isa.make(Opcode.COMPUTE, rows=2, depthwise=depthwise, dw_reach=reach),
+              isa.make(Opcode.END)]
+    with pytest.raises(ProgramError, match=re.escape(
+            f"dw_reach must be from 0 to {allowed} (cols - 1 with depthwise, 0 without), "
+            f"not {reach}")):
+        Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[]).validate()
+    instrs[0] = isa.make(Opcode.COMPUTE, rows=2, depthwise=depthwise, dw_reach=allowed)
+    Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[]).validate()
