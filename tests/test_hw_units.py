@@ -69,7 +69,8 @@ def _tile_bits(w, wb):
     return value
 
 
-@pytest.mark.parametrize("n,wb,acc", [(2, 2, 32), (4, 3, 32), (8, 8, 32), (4, 8, 16)])
+@pytest.mark.parametrize("n,wb,acc", [(2, 2, 32), (4, 3, 32), (8, 8, 32), (4, 8, 16),
+                                      (16, 4, 32)])
 def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     """Random vectors alternate banks and modes (matrix / depthwise FIR mode); bank 0 is
     reloaded at the earliest allowed edge. Expected values come from numpy per vector: in
@@ -78,11 +79,12 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
     rng = np.random.default_rng(n + acc)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
     tiles = [rng.integers(lo, hi, (n, n)) for _ in range(3)]
-    total = 60
+    back = 20 + max(20, dut.drain + 1)    # first vector back on bank 0 (tile 2)
+    total = back + 20
     vecs = rng.integers(-256, 256, (total, n))
     sels = rng.integers(0, 2, total)
-    sels[20:] = 1          # vectors 20..39 use bank 1 while bank 0 is reloaded with tile 2
-    sels[40:] = 0
+    sels[20:] = 1          # vectors 20..back-1 use bank 1 while bank 0 is reloaded
+    sels[back:] = 0
     dws = rng.integers(0, 2, total)
     reload_at = 19 + dut.drain + 1   # last bank-0 vector entered at 19
     got = {}
@@ -110,10 +112,10 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
             await ctx.tick()
 
     _run(dut, tb)
-    assert reload_at <= 40  # the new tile is in place before vector 40 uses bank 0
+    assert reload_at <= back  # the new tile is in place before vector back uses bank 0
 
     def tile_of(t):
-        return tiles[1] if sels[t] else (tiles[0] if t < 40 else tiles[2])
+        return tiles[1] if sels[t] else (tiles[0] if t < back else tiles[2])
 
     def wrap(v):
         return [(int(x) + (1 << (acc - 1))) % (1 << acc) - (1 << (acc - 1)) for x in v]
