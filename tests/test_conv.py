@@ -229,26 +229,39 @@ def test_random_depthwise_matches_numpy(seed):
         assert covered == [(y, x) for y in range(kernel[0]) for x in range(kernel[1])]
 
 
-@pytest.mark.parametrize("case", ["edge", "split"])
-def test_depthwise_edge_tiles_and_split_rows(case):
-    """A depthwise layer with a narrower edge tile (its slab rows start left of its window
-    under the layer's fixed pitch), and one whose taps split a kernel row across COMPUTEs:
-    bit-exact, and the case really occurs."""
-    from lowbit.compiler import passes
-    from lowbit.compiler.conv import lower
+# (case, config, map, kernel, stride, forced tile width)
+DW_FORCED = [
+    ("edge", "8x8", (10, 23, 8), (3, 3), (1, 1), 8),       # tiles 8, 8, 7 wide
+    ("edge", "tiny", (7, 10, 5), (3, 3), (1, 1), 3),       # tiles 3, 3, 3, 1 wide
+    ("edge", "8x8", (9, 21, 8), (3, 3), (2, 2), 4),        # stride 2: tiles 4, 4, 3
+    ("split", "16x16", (12, 12, 16), (3, 3), (1, 1), 12),  # offsets 0..2, 14..16, 28..30
+    ("split", "tiny", (6, 5, 3), (3, 3), (1, 1), 1),       # pitch 3: 0..3, 4..7, 8
+]
 
-    cfg, shape = {"edge": (PRESETS["8x8"].replace(acc_depth=64), (10, 23, 8)),
-                  "split": (PRESETS["16x16"], (12, 12, 16))}[case]
+
+@pytest.mark.parametrize("case", DW_FORCED, ids=[f"{c[0]}-{c[1]}-{c[5]}" for c in DW_FORCED])
+def test_depthwise_edge_tiles_and_split_rows(case, monkeypatch):
+    """Depthwise layers planned with a forced tile width: a narrower edge tile (with stride
+    1 in x its slab rows start left of its window under the layer's fixed pitch), or taps
+    that split a kernel row across COMPUTEs: bit-exact, and the case really occurs."""
+    from lowbit.compiler import conv, passes
+
+    kind, name, shape, kernel, stride, width = case
+    cfg = CONFIGS.get(name) or PRESETS[name]
+    cost = conv._spatial_cost
+    monkeypatch.setattr(conv, "_spatial_cost",
+                        lambda cfg, g, ly, nr, nc, *a: cost(cfg, g, ly, nr, nc, *a)
+                        if nc == width or ly.kind != "dwconv" else None)
     rng = np.random.default_rng(7)
     g = Graph("dw", weight_bits=cfg.weight_bits)
     a = g.input("x", shape, calib=_image(rng, shape))
     lo, hi = _wrange(cfg)
-    g.output(g.conv2d(a, rng.integers(lo, hi, (3, 3, 1, shape[2])), padding=1,
-                      groups=shape[2]))
+    g.output(g.conv2d(a, rng.integers(lo, hi, (*kernel, 1, shape[2])), stride=stride,
+                      padding=kernel[0] // 2, groups=shape[2]))
     _execute(g, cfg, {"x": _image(rng, shape)})
-    t = passes.plan_tiles(lower(g, cfg)[0])
+    t = passes.plan_tiles(conv.lower(g, cfg)[0])
     ly, lt = t.graph.layers[0], t.tilings[0]
-    if case == "edge":
+    if kind == "edge":
         assert len({c for *_, c in lt.out_tiles}) > 1
     else:
         assert any(len({y for y, _ in tp.fir}) > 1 and tp.kx > 0 for tp in ly.taps)
