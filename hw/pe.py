@@ -173,8 +173,16 @@ class SystolicArray(wiring.Component):
             nxt = []
             for g in range(0, len(level), DW_TREE_FANIN):
                 r = Signal(signed(pw), name=f"row_sum{i}_s{s}_{g // DW_TREE_FANIN}")
-                m.d.sync += r.eq(sum(level[g:g + DW_TREE_FANIN]))
+                m.d.sync += r.eq(_balanced_sum(level[g:g + DW_TREE_FANIN]))
                 nxt.append(r)
             level = nxt
         assert len(level) == 1
         return level[0]
+
+
+def _balanced_sum(terms):
+    """``terms`` added pairwise (two adder levels for four terms, not a chain of three)."""
+    if len(terms) == 1:
+        return terms[0]
+    half = (len(terms) + 1) // 2
+    return _balanced_sum(terms[:half]) + _balanced_sum(terms[half:])
