@@ -622,11 +622,12 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     fetch = (2 + _XFER + _ceil_div(cfg.fetch_burst * 16, B) + cfg.fetch_burst) \
         / cfg.fetch_burst
     dispatch = int(instrs * fetch)
-    prologue = beats_per_slab + _XFER * loads_per_slab + min(wg, n_tiles) * wtb + 2 * _XFER
+    slab_time = beats_per_slab + _LOAD_ISSUE * loads_per_slab + _XFER   # one latency
+    prologue = slab_time + min(wg, n_tiles) * wtb + 2 * _XFER
     epilogue = R + C + nb * store_busy + _XFER     # the last tile's blocks drain
     cost = max(comp, act + wload, store, dispatch) + prologue + epilogue
     if not (resident and slots >= 2 * len(keys)):
-        cost += (nt - 1) * max(0, beats_per_slab + _XFER * loads_per_slab - mean_compute)
+        cost += (nt - 1) * max(0, slab_time - mean_compute)
     tile_time = max(1, sum(per_compute(tp) for tp in ly.taps_of(0)))
     drain = R + C + 2 + store_busy + 2 * _XFER
     buffers = min(cfg.acc_depth // rows,
