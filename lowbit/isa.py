@@ -25,6 +25,7 @@ from dataclasses import dataclass
 __all__ = [
     "CSRS",
     "FORMATS",
+    "HISTORY",
     "HEADER",
     "INSTR_BITS",
     "INSTR_BYTES",
@@ -43,7 +44,15 @@ __all__ = [
     "render_markdown",
 ]
 
-ISA_VERSION = 2
+ISA_VERSION = 3
+#: What each version changed (rendered into ``docs/isa.md``).
+HISTORY: tuple[tuple[int, str], ...] = (
+    (1, "LOAD (2-D), COMPUTE, STORE, SYNC, END; four dependency-token counters"),
+    (2, "COMPUTE `mul_m1` and `acc_max` (residual adds, max pooling); later within v2, "
+        "COMPUTE `depthwise` (3-tap row mode) and `reduce`"),
+    (3, "COMPUTE `dw_reach` (depthwise row mode over up to `cols` taps); STORE `reps_m1`, "
+        "`acc_pitch`, `dram_pitch` (2-D STORE); parameter byte 7 is the output zero point"),
+)
 #: Width of each dependency-token counter; at most 2**bits - 1 tokens may be outstanding.
 TOKEN_COUNTER_BITS = 8
 INSTR_BITS = 128
@@ -287,6 +296,8 @@ def render_markdown() -> str:
         where = unit.name.lower() if unit else ("given by `unit`" if op == Opcode.SYNC
                                                 else "dispatcher")
         out.append(f"| {op.name} | {op.value} | {where} |")
+    out += ["", "## Versions", ""]
+    out += [f"- v{v}: {text}" for v, text in HISTORY]
     out += ["", "## Formats", ""]
     for op in Opcode:
         out += [f"### {op.name}", "", "| bits | field | width |", "|---|---|---|"]
