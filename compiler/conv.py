@@ -502,10 +502,9 @@ class _Geometry:
 
 
 def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
-    sy, sx = ly.stride
-    used = sorted({(t.ky % sy, t.kx % sx) for t in ly.taps})
+    used = sorted(ly.phase_window)
     pitch = _tile_pitch(ly, nc)
-    hq = nr + max(t.depth(sy) for t in ly.taps)
+    hq = nr + ly.depth
     planes = tuple((py, px, i * hq * pitch) for i, (py, px) in enumerate(used))
     return _Geometry(pitch, hq, planes, len(used) * hq * pitch, (nr - 1) * pitch + nc)
 
@@ -513,11 +512,10 @@ def _geometry(ly: SpatialSpec, nr: int, nc: int) -> _Geometry:
 def _phase_extent(ly: SpatialSpec, py: int, px: int, nr: int, nc: int) -> tuple[int, int]:
     """Rows and columns of phase plane ``(py, px)`` that a ``nr x nc`` tile loads (with
     stride 1 in x, whole pitch-wide rows: one 2-D LOAD per plane)."""
-    sy, sx = ly.stride
-    ph = [t for t in ly.taps if t.ky % sy == py and t.kx % sx == px]
-    if sx == 1:
-        return nr + max(t.depth(sy) for t in ph), _tile_pitch(ly, nc)
-    return nr + max(t.depth(sy) for t in ph), nc + max(t.reach(sx) for t in ph)
+    depth, reach = ly.phase_window[py, px]
+    if ly.stride[1] == 1:
+        return nr + depth, _tile_pitch(ly, nc)
+    return nr + depth, nc + reach
 
 
 def _left_shift(ly: SpatialSpec, nc: int) -> int:
@@ -526,7 +524,7 @@ def _left_shift(ly: SpatialSpec, nc: int) -> int:
     that much further left (its COMPUTEs start as much later in the slab)."""
     if ly.stride[1] != 1:
         return 0
-    return _tile_pitch(ly, nc) - nc - max(t.reach(1) for t in ly.taps)
+    return _tile_pitch(ly, nc) - nc - ly.reach
 
 
 def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
@@ -535,7 +533,7 @@ def _tile_pitch(ly: SpatialSpec, nc: int) -> int:
     reach. A depthwise COMPUTE's trailing lines stay inside its phase plane: its last
     position's offset plus ``(nr - 1) * pitch + nc`` lines is at most the plane's
     ``(nr + depth) * pitch``."""
-    return ly.pitch or nc + max(t.reach(ly.stride[1]) for t in ly.taps)
+    return ly.pitch or nc + ly.reach
 
 
 def _splits(total: int, size: int) -> list[tuple[int, int]]:
@@ -584,7 +582,7 @@ def _spatial_cost(cfg, g, ly, nr, nc, wg, ring, acc_cap) -> tuple[int, dict] | N
     depth = cfg.act_depth
     if geo.acc_lines > acc_cap or geo.slab_lines > depth \
             or geo.slab_lines * lb > 1 << 16 \
-            or nc + max(t.reach(sx) for t in ly.taps) > geo.pitch:
+            or nc + ly.reach > geo.pitch:
         return None
     nt = _ceil_div(oh, nr) * _ceil_div(ow, nc)
     nb = layout.blocks(cfg, ly.n)

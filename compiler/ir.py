@@ -20,6 +20,7 @@ verifier; every level prints itself with ``dump()`` (``compile_mlp(..., dump=...
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -197,6 +198,28 @@ class SpatialSpec:
 
     def taps_of(self, n: int) -> tuple[Tap, ...]:
         return tuple(t for t in self.taps if t.n == n)
+
+    @cached_property
+    def reach(self) -> int:
+        """The largest :meth:`Tap.reach` over the taps (strided pixels)."""
+        return max(t.reach(self.stride[1]) for t in self.taps)
+
+    @cached_property
+    def depth(self) -> int:
+        """The largest :meth:`Tap.depth` over the taps (strided rows)."""
+        return max(t.depth(self.stride[0]) for t in self.taps)
+
+    @cached_property
+    def phase_window(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """Per stride phase ``(ky % sy, kx % sx)`` its taps use: the largest
+        ``(depth, reach)`` of those taps. Computed once: the tiling search asks often."""
+        sy, sx = self.stride
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        for t in self.taps:
+            key = (t.ky % sy, t.kx % sx)
+            d, r = out.get(key, (0, 0))
+            out[key] = (max(d, t.depth(sy)), max(r, t.reach(sx)))
+        return out
 
 
 @dataclass(frozen=True, eq=False)
