@@ -96,6 +96,12 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     # the bank select and the partial sum.
     pe_lut = a * wb + acc + wb
     pe_ff = 2 * wb + a + 1 + acc
+    # Depthwise FIR mode: per PE row an adder tree over its cols products at the in-array
+    # partial-sum width (cols - 1 adders, a register every two levels) and a bank mask per
+    # product.
+    psum = min(acc, a + wb + (r - 1).bit_length())
+    dw_lut = r * ((c - 1) * psum + c * (a + wb))
+    dw_ff = r * (math.ceil(c / 4) + 1) * psum
     # Array edges: input skew (triangle of activation registers) and output de-skew.
     skew_ff = (r * (r - 1) // 2) * (a + 1) + (c * (c - 1) // 2) * acc
     # Accumulator read-modify-write adders, one per column, and their pipeline registers.
@@ -118,8 +124,8 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
 
     bram = sum(m.copies * int(bram_blocks(_BRAM_FAMILY, m.depth, m.width))
                for m in memories(cfg))
-    lut = r * c * pe_lut + accum_lut + store_lut + queue_lut + bus_lut + _CONTROL_LUT
-    ff = r * c * pe_ff + skew_ff + accum_ff + store_ff + bus_ff + _CONTROL_FF
+    lut = r * c * pe_lut + dw_lut + accum_lut + store_lut + queue_lut + bus_lut + _CONTROL_LUT
+    ff = r * c * pe_ff + dw_ff + skew_ff + accum_ff + store_ff + bus_ff + _CONTROL_FF
     return Resources(lut=lut, ff=ff, dsp=dsp, bram=bram, bram_bits=memory_bits(cfg),
                      fmax_mhz=None, source="analytic")
 
