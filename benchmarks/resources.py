@@ -11,7 +11,7 @@ Builds (with :func:`lowbit.boards.build`: YoWASP yosys + nextpnr, seeded, cached
 Every config is the default :class:`~lowbit.config.AccelConfig` with the array size, the
 precision and a bus of ``max(32, 8 * rows)`` bits. Each line::
 
-    {"board", "top", "config", "rows", "weight_bits", "act_bits", "status",
+    {"board", "top", "config", "rows", "weight_bits", "act_bits", "status", "router",
      "logic", "logic_unit", "ffs", "dsps", "dsp_unit", "bram", "bram_unit",
      "fmax_mhz", "target_mhz", "critical_path", "critical_unit", "dsp_mapping",
      "synth_seconds", "pnr_seconds", "total_seconds", "cached", "message"}
@@ -32,7 +32,7 @@ import re
 import sys
 import time
 
-from lowbit.boards import BuildError, build, get_board
+from lowbit.boards import ROUTERS, BuildError, build, get_board
 from lowbit.config import AccelConfig
 
 #: (board, top, precisions) in run order.
@@ -83,6 +83,7 @@ def row(board: str, top: str, cfg: AccelConfig, report, error: BuildError | None
         "critical_logic_ns": cp["logic_ns"] if cp else None,
         "critical_routing_ns": cp["routing_ns"] if cp else None,
         "dsp_mapping": report.dsp_mapping if report is not None else None,
+        "router": report.router if report is not None else None,
         "synth_seconds": secs.get("synth"), "pnr_seconds": secs.get("pnr"),
         "total_seconds": secs.get("total"),
         "cached": bool(report is not None and report.cached),
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="WxAy", help="override each board's precisions")
     parser.add_argument("--dsp-budget", type=int, default=None, metavar="N",
                         help="cap the DSP blocks of every build (default: the device's)")
+    parser.add_argument("--router", choices=ROUTERS, default="auto",
+                        help="nextpnr router (default: auto, router2 above half the device)")
     parser.add_argument("--force", action="store_true", help="rebuild cached builds")
     args = parser.parse_args(argv)
 
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 try:
                     report, error = build(board, cfg, out_dir=args.out, top=top,
-                                          dsp_budget=budget(board), force=args.force,
+                                          dsp_budget=budget(board), router=args.router,
+                                          force=args.force,
                                           progress=log), None
                 except BuildError as exc:
                     report, error = exc.report, exc

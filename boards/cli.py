@@ -4,8 +4,8 @@
 
     lowbit boards [--json]
     lowbit build --board NAME [--config CFG] [--out DIR] [--top accel|array|board]
-                 [--seed N] [--dsp auto|on|off] [--dsp-budget N] [--no-estimate] [--force]
-                 [--json]
+                 [--seed N] [--dsp auto|on|off] [--dsp-budget N] [--router auto|router1|router2]
+                 [--no-estimate] [--force] [--json]
 
 Errors (an unknown board, a config that does not fit, a failing tool) are raised as
 ``ValueError`` subclasses; :func:`lowbit.cli.main` prints them as one line
@@ -48,7 +48,8 @@ def cmd_build(args) -> int:
 
     try:
         report = build(args.board, args.config, out_dir=args.out, top=args.top, seed=args.seed,
-                       dsp=args.dsp, dsp_budget=args.dsp_budget, estimate=not args.no_estimate,
+                       dsp=args.dsp, dsp_budget=args.dsp_budget, router=args.router,
+                       estimate=not args.no_estimate,
                        force=args.force, progress=say)
     except BuildError as exc:
         if exc.report is not None and not args.json:
@@ -73,7 +74,7 @@ def _natural(text: str) -> int:
 
 def register_cli(subparsers) -> None:
     """Add the ``boards`` and ``build`` subcommands to ``lowbit``'s subparsers."""
-    from .targets import DSP_CHOICES, TOPS
+    from .targets import DSP_CHOICES, ROUTERS, TOPS
 
     p = subparsers.add_parser("boards", help="list the FPGA board targets")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -98,6 +99,9 @@ def register_cli(subparsers) -> None:
                    help="map multipliers to DSP blocks (default: %(default)s)")
     p.add_argument("--dsp-budget", type=_natural, default=None, metavar="N",
                    help="with --dsp auto: use at most N DSP blocks (default: all)")
+    p.add_argument("--router", choices=ROUTERS, default="auto",
+                   help="nextpnr router; auto: router2 above half the device's logic "
+                        "(default: %(default)s)")
     p.add_argument("--no-estimate", action="store_true",
                    help="Xilinx: skip the yosys synth_xilinx resource estimate")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")

@@ -54,6 +54,7 @@ class BuildReport:
     critical_path: dict | None = None
     dsp_mapping: bool | None = None
     seed: int = 1
+    router: str | None = None
     seconds: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     cells: dict = field(default_factory=dict)

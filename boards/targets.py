@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 
 from lowbit.report import format_table
 
-__all__ = ["BOARDS", "DSP_CHOICES", "TOPS", "Board", "UnknownBoardError", "Resources", "get_board",
-           "list_boards", "render_table"]
+__all__ = ["BOARDS", "DSP_CHOICES", "ROUTERS", "TOPS", "Board", "UnknownBoardError", "Resources",
+           "get_board", "list_boards", "render_table"]
 
 #: What a build synthesizes (see :mod:`lowbit.boards.wrapper`).
 TOPS = ("accel", "array", "board")
 #: Whether multipliers go to DSP blocks (see :func:`lowbit.boards.build`).
 DSP_CHOICES = ("auto", "on", "off")
+#: nextpnr routers a build may use; ``"auto"`` picks one from the synthesized size.
+ROUTERS = ("auto", "router1", "router2")
 
 
 class UnknownBoardError(ValueError):

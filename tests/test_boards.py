@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -303,6 +304,9 @@ def test_bad_arguments(tmp_path):
         build("icebreaker", TINY, out_dir=tmp_path, dsp="yes")
     with pytest.raises(ValueError, match="^seed must be a non-negative integer, not -1$"):
         build("icebreaker", TINY, out_dir=tmp_path, seed=-1)
+    with pytest.raises(ValueError, match="^router must be one of auto, router1, router2, "
+                                         "not 'router3'$"):
+        build("icebreaker", TINY, out_dir=tmp_path, router="router3")
     with pytest.raises(UnknownBoardError):
         build("nope", TINY, out_dir=tmp_path)
 
@@ -371,6 +375,16 @@ def test_ecp5_place_and_route(yowasp, out):
     _check_routed(report, "ulx3s-85f", "lowbit_build.bit", 500_000)
     assert report.resources["dsps"]["unit"] == "MULT18X18D"
     assert report.seconds["total"] < 60
+    assert report.router == "router1"   # auto: a small design
+
+
+def test_ecp5_router2(yowasp, out):
+    """router2 on request: its own cached build, routed, and the log names the router."""
+    report = build("ulx3s-85f", TINY, out_dir=out / "router2", top="array", router="router2")
+    _check_routed(report, "ulx3s-85f", "lowbit_build.bit", 500_000)
+    assert report.router == "router2" and not report.cached
+    log = (Path(report.build_dir) / "nextpnr.log").read_text()
+    assert "router2" in log.lower()
 
 
 def test_ecp5_partial_dsp_mapping(yowasp, out):
