@@ -10,6 +10,7 @@ LCs at 2x2); ``benchmarks/resources.py`` measures it, and ``docs/boards.md`` has
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -376,6 +377,9 @@ def test_ecp5_place_and_route(yowasp, out):
     assert report.resources["dsps"]["unit"] == "MULT18X18D"
     assert report.seconds["total"] < 60
     assert report.router == "router1"   # auto: a small design
+    # The wrapper's reset is on a global network: two DCCAs (clock and reset).
+    log = (Path(report.build_dir) / "nextpnr.log").read_text()
+    assert re.search(r"DCCA:\s+2/", log), "reset not on a global network"
 
 
 def test_ecp5_router2(yowasp, out):
