@@ -6,11 +6,17 @@ from amaranth.lib.wiring import In, Out
 
 from lowbit.timing import DW_TREE_FANIN, array_latency, dw_tree_stages
 
-__all__ = ["ACT_WIDTH", "PE", "SystolicArray"]
+__all__ = ["ACT_WIDTH", "PE", "SystolicArray", "psum_width"]
 
 #: Activations enter the array as 9-bit signed values: int8 sign-extended or uint8
 #: zero-extended, so one multiplier serves signed and unsigned (post-ReLU) tensors.
 ACT_WIDTH = 9
+
+
+def psum_width(*, rows: int, weight_bits: int, acc_bits: int) -> int:
+    """In-array partial sum width: a sum of ``rows`` products of an ``ACT_WIDTH``-bit
+    activation and a ``weight_bits`` weight, at most ``acc_bits``."""
+    return min(acc_bits, ACT_WIDTH + weight_bits + (rows - 1).bit_length())
 
 
 class PE(wiring.Component):
@@ -100,10 +106,8 @@ class SystolicArray(wiring.Component):
 
     @property
     def psum_bits(self) -> int:
-        """In-array partial sum width: a sum of ``rows`` products of a 9-bit activation and
-        a ``weight_bits`` weight, at most ``acc_bits``."""
-        return min(self.acc_bits,
-                   ACT_WIDTH + self.weight_bits + (self.rows - 1).bit_length())
+        """In-array partial sum width (:func:`psum_width`)."""
+        return psum_width(rows=self.rows, weight_bits=self.weight_bits, acc_bits=self.acc_bits)
 
     def elaborate(self, platform):
         m = Module()

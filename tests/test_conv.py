@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from netcheck import execute
 
 from lowbit.compiler import (
     CompileError,
@@ -44,18 +45,9 @@ def _wrange(cfg):
 
 
 def _execute(g: Graph, cfg, inputs, *, host_im2col=True, backends=("reference", "sim")):
-    """Compile ``g``; every backend's outputs must equal ``g.forward``. Returns the program
-    and the results by backend."""
-    prog = compile_network(g, cfg, host_im2col=host_im2col)
-    want = g.forward(inputs)
-    results = {}
-    for backend in backends:
-        res = run(prog, pack_inputs(prog, inputs), backend=backend)
-        got = unpack_outputs(prog, res.outputs)
-        for name, value in want.items():
-            assert got[name].shape == value.shape, (backend, name)
-            assert np.array_equal(got[name], value), (backend, name)
-        results[backend] = res
+    """:func:`netcheck.execute`, and the reference and the simulator count the same MACs and
+    DRAM bytes. Returns the program and the results by backend."""
+    prog, _, results = execute(g, cfg, inputs, host_im2col=host_im2col, backends=backends)
     if "sim" in results:
         ref, sim = results["reference"].counters, results["sim"].counters
         for key in ("macs", "dram_read_bytes", "dram_write_bytes"):

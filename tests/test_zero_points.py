@@ -7,6 +7,7 @@ what makes them agree.
 
 import numpy as np
 import pytest
+from netcheck import execute as _execute
 
 from lowbit import layout
 from lowbit.compiler import (
@@ -43,20 +44,6 @@ def _zero(rng, signed, bits=8):
     while z == 0:
         z = int(rng.integers(lo, hi + 1))
     return z
-
-
-def _execute(g, cfg, inputs, *, host_im2col=True, backends=("reference", "sim")):
-    prog = compile_network(g, cfg, host_im2col=host_im2col)
-    want = g.forward(inputs)
-    results = {}
-    for backend in backends:
-        res = run(prog, pack_inputs(prog, inputs), backend=backend)
-        got = unpack_outputs(prog, res.outputs)
-        for name, value in want.items():
-            assert got[name].shape == value.shape, (backend, name)
-            assert np.array_equal(got[name], value), (backend, name)
-        results[backend] = res
-    return prog, want, results
 
 
 def _wr(cfg):

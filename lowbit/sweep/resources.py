@@ -85,7 +85,7 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     Meant for ranking configs against each other, not for sign-off: the constants are
     round numbers for a LUT4 fabric with carry chains, not fitted to a synthesis tool.
     """
-    from lowbit.hw.pe import ACT_WIDTH
+    from lowbit.hw.pe import ACT_WIDTH, psum_width
     from lowbit.layout import MULT_BITS
 
     assert MULT_BITS == _STORE_MULT_BITS
@@ -99,7 +99,7 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     # Depthwise FIR mode: per PE row an adder tree over its cols products at the in-array
     # partial-sum width (cols - 1 adders, a register every two levels) and a bank mask per
     # product.
-    psum = min(acc, a + wb + (r - 1).bit_length())
+    psum = psum_width(rows=r, weight_bits=wb, acc_bits=acc)
     dw_lut = r * ((c - 1) * psum + c * (a + wb))
     dw_ff = r * (math.ceil(c / 4) + 1) * psum
     # Array edges: input skew (triangle of activation registers) and output de-skew.
