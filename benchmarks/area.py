@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from lowbit.boards.build import NAME, _plan_dsps, _run, _synth_script
+from lowbit.boards.build import NAME, SOFTMUL, _plan_dsps, _run, _synth_script
 from lowbit.boards.targets import get_board
 from lowbit.boards.wrapper import make_top
 from lowbit.config import AccelConfig
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
                             f"synth_ecp5 -noflatten -nodsp -top {NAME}")
     script = re.sub(r"write_json .*\n", "", script)
     (bdir / "area.ys").write_text(script)
+    shutil.copyfile(SOFTMUL, bdir / SOFTMUL.name)     # yosys (WASI) sees the build folder only
     t = time.monotonic()
     if _run("yosys", ["-q", "-l", "area.rpt", "area.ys"], cwd=bdir, log="yosys.log",
             timeout=7200) != 0:

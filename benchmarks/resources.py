@@ -11,7 +11,7 @@ Builds (with :func:`lowbit.boards.build`: YoWASP yosys + nextpnr, seeded, cached
 Every config is the default :class:`~lowbit.config.AccelConfig` with the array size, the
 precision and a bus of ``max(32, 8 * rows)`` bits. Each line::
 
-    {"board", "top", "config", "rows", "weight_bits", "act_bits", "status", "router",
+    {"board", "top", "config", "rows", "weight_bits", "act_bits", "dw_taps", "status", "router",
      "logic", "logic_unit", "ffs", "dsps", "dsp_unit", "bram", "bram_unit",
      "fmax_mhz", "target_mhz", "critical_path", "critical_unit", "dsp_mapping",
      "synth_seconds", "pnr_seconds", "total_seconds", "cached", "message"}
@@ -20,7 +20,7 @@ precision and a bus of ``max(32, 8 * rows)`` bits. Each line::
 when the report comes from the cache (``cached``). Progress goes to standard error.
 
 Usage: ``python benchmarks/resources.py [--out DIR] [--sizes 4 8 16] [--boards ulx3s-85f]
-[--tops accel array] [--precisions W4A8 W8A8] [--dsp-budget N] [--force]``. The 16x16
+[--tops accel array] [--precisions W4A8 W8A8] [--dsp-budget N] [--dw-taps T] [--force]``. The 16x16
 ECP5 builds take many minutes each (nextpnr is single-threaded): run them in the background.
 """
 
@@ -44,9 +44,11 @@ PLAN = (
 DEFAULT_SIZES = (4, 8, 16)
 
 
-def config_for(rows: int, weight_bits: int, act_bits: int) -> AccelConfig:
+def config_for(rows: int, weight_bits: int, act_bits: int,
+               dw_taps: int | None = None) -> AccelConfig:
     return AccelConfig(rows=rows, cols=rows, weight_bits=weight_bits, act_bits=act_bits,
-                       bus_bits=max(32, 8 * rows))
+                       bus_bits=max(32, 8 * rows),
+                       dw_taps=None if dw_taps is None else min(dw_taps, rows))
 
 
 def parse_precision(text: str) -> tuple[int, int]:
@@ -70,7 +72,7 @@ def row(board: str, top: str, cfg: AccelConfig, report, error: BuildError | None
     secs = report.seconds if report is not None else {}
     return {
         "board": board, "top": top, "config": cfg.name, "rows": cfg.rows,
-        "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits,
+        "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits, "dw_taps": cfg.fir_taps,
         "status": report.status if report is not None else "error",
         "resource_source": report.resource_source if report is not None else None,
         "logic": used("logic"), "logic_unit": res.get("logic", {}).get("unit"),
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cap the DSP blocks of every build (default: the device's)")
     parser.add_argument("--router", choices=ROUTERS, default="auto",
                         help="nextpnr router (default: auto, router2 above half the device)")
+    parser.add_argument("--dw-taps", type=int, default=None, metavar="T",
+                        help="depthwise FIR taps of every config (default: cols; 0: none)")
     parser.add_argument("--force", action="store_true", help="rebuild cached builds")
     args = parser.parse_args(argv)
 
@@ -117,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for rows in args.sizes:
             for wb, ab in args.precisions or precisions:
-                cfg = config_for(rows, wb, ab)
-                log(f"{board} {top} {rows}x{rows} W{wb}A{ab} ({cfg.name})")
+                cfg = config_for(rows, wb, ab, args.dw_taps)
+                log(f"{board} {top} {rows}x{rows} W{wb}A{ab} taps {cfg.fir_taps} ({cfg.name})")
                 t = time.monotonic()
                 try:
                     report, error = build(board, cfg, out_dir=args.out, top=top,

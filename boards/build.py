@@ -137,7 +137,8 @@ def _source_digest() -> str:
     import lowbit.hw
 
     here = Path(__file__).parent
-    files = [Path(lowbit.__file__).parent / n for n in ("config.py", "isa.py")]
+    files = [Path(lowbit.__file__).parent / n
+             for n in ("config.py", "isa.py", "layout.py", "timing.py")]
     files += sorted(Path(lowbit.hw.__file__).parent.glob("*.py"))
     files += [here / n for n in ("build.py", "pynq_z2.py", "targets.py", "wrapper.py",
                                  "softmul.v")]

@@ -157,7 +157,8 @@ def make_top(top: str, cfg, *, board_clock_hz: float, baud: int = 115200,
         from lowbit.hw.pe import SystolicArray
 
         w = ScanWrapper(SystolicArray(rows=cfg.rows, cols=cfg.cols,
-                                      weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits))
+                                      weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
+                                      dw_taps=cfg.fir_taps))
         return w, (f"the {cfg.rows}x{cfg.cols} PE array alone in a scan wrapper "
                    f"({w.in_bits} input bits, {w.out_bits} output bits)")
     if top == "board":

@@ -26,7 +26,7 @@ Every spatial operator becomes a :class:`SpatialSpec`: a list of *taps*, each on
   blocks. Blocks of different groups have no tap, so a depthwise convolution is one
   *diagonal* tile per (block, position) at this level; the tiling pass fixes its slab pitch
   and groups those into depthwise FIR taps (:func:`_fir_spec`, COMPUTE ``depthwise``): the
-  positions of one stride phase within ``cols - 1`` slab lines of each other share a
+  positions of one stride phase within ``dw_taps - 1`` slab lines of each other share a
   COMPUTE.
 * ``Pool2D``: identity tiles; ``max`` keeps the maximum (``acc_max``), ``avg`` sums and the
   STORE requantizes by ``~1 / (kh * kw)``; ``global_avg_pool`` is ``avg`` over the map.
@@ -232,9 +232,10 @@ def _fir_spec(cfg, ly: SpatialSpec, pitch: int) -> SpatialSpec:
     """``ly`` (a depthwise layer of diagonal taps, one per block and kernel position) with
     its taps grouped into depthwise FIR taps for slab ``pitch``: per block and stride phase
     plane, the kernel positions in order of line offset ``(ky // sy) * pitch + kx // sx``,
-    each group the positions within ``cols - 1`` lines of its first; position ``o`` lines
-    after the first puts its channel weights on tile column ``cols - 1 - o``."""
-    C = cfg.cols
+    each group the positions within ``fir_taps - 1`` lines of its first (the FIR's reach,
+    :attr:`~lowbit.config.AccelConfig.dw_taps`); position ``o`` lines after the first puts
+    its channel weights on tile column ``cols - 1 - o``."""
+    C, T = cfg.cols, cfg.fir_taps
     sy, sx = ly.stride
     taps, tiles = [], []
     for n in range(layout.blocks(cfg, ly.n)):
@@ -248,7 +249,7 @@ def _fir_spec(cfg, ly: SpatialSpec, pitch: int) -> SpatialSpec:
                 first = members[0]
                 group = [t for t in members
                          if (t.ky // sy - first.ky // sy) * pitch + t.kx // sx
-                         - first.kx // sx < C]
+                         - first.kx // sx < T]
                 members = members[len(group):]
                 fir = Tap(n=n, src=first.src, k=first.k, ky=first.ky, kx=first.kx,
                           tile=len(tiles), mul=first.mul,
@@ -475,14 +476,14 @@ def verify_spatial(g: GraphIR, ly: SpatialSpec) -> None:
 
 def _verify_fir(cfg, ly: SpatialSpec, tp: Tap) -> None:
     """A depthwise FIR tap: a fixed layer pitch, distinct line offsets from 0 (its first
-    position) to at most ``cols - 1``, and zero weights in the tile columns beyond its reach
-    (the COMPUTE contract)."""
-    C = cfg.cols
+    position) to at most ``fir_taps - 1``, and zero weights in the tile columns beyond its
+    reach (the COMPUTE contract)."""
+    C, T = cfg.cols, cfg.fir_taps
     offs = tp.offsets(ly.stride, ly.pitch) if ly.pitch > 0 else ()
-    if not offs or offs[0] != 0 or min(offs) != 0 or max(offs) >= C \
+    if not offs or offs[0] != 0 or min(offs) != 0 or max(offs) >= T \
             or len(set(offs)) != len(offs):
         raise CompileError(f"{ly.name}: depthwise tap {tp} needs line offsets from 0 to at "
-                           f"most cols - 1 = {C - 1} at the layer pitch {ly.pitch}, not "
+                           f"most dw_taps - 1 = {T - 1} at the layer pitch {ly.pitch}, not "
                            f"{list(offs)}")
     if ly.tiles[tp.tile][:, :C - 1 - max(offs)].any():
         raise CompileError(f"{ly.name}: tile {tp.tile} of depthwise tap {tp} has weights "
@@ -689,8 +690,10 @@ def _plan_reduce(cfg, g, ly, index, window, *, param_group, param_slots) -> Spat
 
 def _fir_candidate(cfg, ly: SpatialSpec):
     """For a depthwise layer of diagonal taps: a function of a tile width giving the layer
-    with depthwise FIR taps for that width's pitch (one per pitch); else None."""
-    if ly.kind != "dwconv" or ly.pitch or any(tp.fir for tp in ly.taps):
+    with depthwise FIR taps for that width's pitch (one per pitch); else None (also when the
+    config has no FIR mode, ``dw_taps = 0``)."""
+    if ly.kind != "dwconv" or ly.pitch or any(tp.fir for tp in ly.taps) \
+            or cfg.fir_taps == 0:
         return None
     specs: dict[int, SpatialSpec] = {}
 

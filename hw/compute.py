@@ -58,7 +58,8 @@ class ComputeUnit(wiring.Component):
         tm = self.timing
 
         m.submodules.array = array = SystolicArray(
-            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits)
+            rows=R, cols=C, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
+            dw_taps=cfg.fir_taps)
         reach_bits = isa.field_offsets(F)["dw_reach"][1]
 
         # -- P stage ------------------------------------------------------------------------

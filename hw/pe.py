@@ -61,17 +61,18 @@ class SystolicArray(wiring.Component):
     its result, one vector per cycle, no back-pressure:
 
     * ``dw = 0`` (matrix): ``p[j] = sum_i a[i] * w[sel][i][j]``;
-    * ``dw = 1`` (depthwise FIR mode, square arrays): ``p[i] = sum_{o < cols}
-      [sel_{+o} = sel] * a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}``,
+    * ``dw = 1`` (depthwise FIR mode, square arrays, ``dw_taps > 0``): ``p[i] = sum_{o <
+      dw_taps} [sel_{+o} = sel] * a_{+o}[i] * w[sel][i][cols - 1 - o]`` where ``a_{+o}``,
       ``sel_{+o}`` entered ``o`` cycles later. Row ``i``'s activations pass its PEs one per
-      cycle, so its ``cols`` PEs hold lane ``i`` of ``cols`` consecutive vectors (vector
-      ``+o`` in column ``cols - 1 - o``); their registered products, those of vectors with
-      another bank select masked (the next instruction's, which uses the other bank), are
-      summed per row by a pipelined adder tree (``DW_TREE_FANIN`` inputs per register
-      stage) and replace the column sums at the de-skew input. Contract: a tile used in
-      this mode has zeros in the columns its program does not use, and the vectors after
-      the last one of a depthwise run that meet a nonzero column are streamed with the
-      same bank (the compute unit streams ``dw_reach`` of them).
+      cycle, so its last ``dw_taps`` PEs hold lane ``i`` of ``dw_taps`` consecutive vectors
+      (vector ``+o`` in column ``cols - 1 - o``); their registered products, those of
+      vectors with another bank select masked (the next instruction's, which uses the other
+      bank), are summed per row by a pipelined adder tree (``DW_TREE_FANIN`` inputs per
+      register stage) and replace the column sums at the de-skew input. Contract: a tile
+      used in this mode has zeros in the columns its program does not use, and the vectors
+      after the last one of a depthwise run that meet a nonzero column are streamed with
+      the same bank (the compute unit streams ``dw_reach`` of them). With ``dw_taps = 0``
+      there is no FIR mode and ``dw`` is ignored.
 
     :attr:`latency` is ``rows + cols`` plus the adder tree's stages after the first, in both
     modes (the column sums wait for the row sums). Partial sums are ``psum_bits`` wide
@@ -84,10 +85,14 @@ class SystolicArray(wiring.Component):
     ``rows + cols - 2`` cycles (:attr:`drain`).
     """
 
-    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int):
-        if rows != cols:
+    def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int,
+                 dw_taps: int | None = None):
+        dw_taps = cols if dw_taps is None else dw_taps
+        if dw_taps and rows != cols:
             raise ValueError(f"the depthwise FIR mode needs a square array, not {rows}x{cols}")
-        self.rows, self.cols = rows, cols
+        if not (dw_taps == 0 or 2 <= dw_taps <= cols):
+            raise ValueError(f"dw_taps must be 0 or from 2 to cols ({cols}), not {dw_taps}")
+        self.rows, self.cols, self.dw_taps = rows, cols, dw_taps
         self.weight_bits, self.acc_bits = weight_bits, acc_bits
         super().__init__({
             "a": In(signed(ACT_WIDTH)).array(rows), "sel": In(1), "dw": In(1),
@@ -98,7 +103,7 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a vector at the input to its result at ``p`` (both modes)."""
-        return array_latency(self.rows, self.cols)
+        return array_latency(self.rows, self.cols, self.dw_taps)
 
     @property
     def drain(self) -> int:
@@ -113,7 +118,8 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C, wb = self.rows, self.cols, self.weight_bits
         pw = self.psum_bits
-        L = dw_tree_stages(C)
+        T = self.dw_taps
+        L = dw_tree_stages(T)
         pes = [[PE(weight_bits=wb, psum_bits=pw) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
@@ -134,12 +140,21 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
-        # Depthwise row sums: row i's C PEs hold lane i of C consecutive vectors. A mask bit,
-        # registered with the products, keeps those with the bank select of the vector in
-        # the last column; L tree stages of at most DW_TREE_FANIN inputs sum them, so the
+        if T == 0:
+            for j in range(C):
+                p = pes[R - 1][j].p_out
+                for d in range(C - 1 - j):
+                    p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
+                    m.d.sync += p_d.eq(p)
+                    p = p_d
+                m.d.comb += self.p[j].eq(p)
+            return m
+        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors. A mask
+        # bit, registered with the products, keeps those with the bank select of the vector
+        # in the last column; L tree stages of at most DW_TREE_FANIN inputs sum them, so the
         # sum for vector t is ready at t + rows + i + L, when column i's sum delayed by
         # L - 1 registers is, and enters column i's de-skew chain in its place.
-        row_sum = [self._row_tree(m, i, pes[i], pw, L) for i in range(R)]
+        row_sum = [self._row_tree(m, i, pes[i][C - T:], pw, L) for i in range(R)]
         # The mode bit of vector t, delayed to t + rows + j + L for lane j.
         dw_d = [self.dw]
         for d in range(R + C + L - 1):
@@ -163,15 +178,16 @@ class SystolicArray(wiring.Component):
 
     @staticmethod
     def _row_tree(m, i, row, pw, stages):
-        """Row ``i``'s masked product sum, ``stages`` register stages after the products."""
-        C = len(row)
+        """Row ``i``'s masked sum of the products of the PEs ``row`` (its last ``dw_taps``),
+        ``stages`` register stages after the products."""
+        T = len(row)
         level = []
-        for j in range(C):
-            if j == C - 1:
+        for j in range(T):
+            if j == T - 1:
                 level.append(row[j].prod)
                 continue
             keep = Signal(name=f"dw_keep{i}_{j}")
-            m.d.sync += keep.eq(row[j].sel_in == row[C - 1].sel_in)
+            m.d.sync += keep.eq(row[j].sel_in == row[T - 1].sel_in)
             level.append(Mux(keep, row[j].prod, 0))
         for s in range(stages):
             nxt = []

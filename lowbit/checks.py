@@ -103,9 +103,11 @@ def check_program(prog) -> None:
         elif ins.opcode == Opcode.COMPUTE:
             if ins.rows < 1:
                 bad("rows must be at least 1")
-            reach_max = cfg.cols - 1 if ins.depthwise else 0
+            if ins.depthwise and cfg.fir_taps == 0:
+                bad("depthwise must be 0: this config has no depthwise FIR mode (dw_taps = 0)")
+            reach_max = max(cfg.fir_taps - 1, 0) if ins.depthwise else 0
             if ins.dw_reach > reach_max:
-                bad(f"dw_reach must be from 0 to {reach_max} (cols - 1 with depthwise, 0 "
+                bad(f"dw_reach must be from 0 to {reach_max} (dw_taps - 1 with depthwise, 0 "
                     f"without), not {ins.dw_reach}")
             lines = ins.rows + ins.dw_reach * ins.depthwise
             if ins.act_addr + lines > cfg.act_depth:

@@ -75,6 +75,13 @@ class AccelConfig:
         Post-processing parameter memory depth in lines of ``cols`` channels.
     bus_bits:
         AXI4 data width of the memory port, 32 to 256.
+    dw_taps:
+        Taps of each PE row's depthwise FIR filter: the last ``dw_taps`` columns' products
+        are summed per row by a pipelined adder tree (``rows x (dw_taps - 1)`` adders).
+        ``None`` (the default) means ``cols``; ``0`` builds no FIR mode (depthwise layers run
+        as diagonal tiles, 1/``cols`` of the array); otherwise 2 to ``cols``. A 3x3
+        depthwise window fits one COMPUTE from 15 taps (4-wide output tiles), one kernel
+        row per COMPUTE from 3: fewer taps trade depthwise speed for area.
     queue_depth:
         Depth of each unit's instruction queue.
     max_burst:
@@ -102,6 +109,7 @@ class AccelConfig:
     fetch_burst: int = 8
     mem_bytes: int = 16 << 20
     clock_mhz: float = 100.0
+    dw_taps: int | None = None
 
     def __post_init__(self):
         _pow2_in("rows", self.rows, 2, 64)
@@ -128,6 +136,13 @@ class AccelConfig:
                 or not 1.0 <= self.clock_mhz <= 1000.0:
             raise ConfigError(f"clock_mhz must be a number from 1 to 1000, not {self.clock_mhz!r}")
         object.__setattr__(self, "clock_mhz", float(self.clock_mhz))
+        if self.dw_taps is not None and (
+                not isinstance(self.dw_taps, int) or isinstance(self.dw_taps, bool)
+                or not (self.dw_taps == 0 or 2 <= self.dw_taps <= self.cols)):
+            raise ConfigError(f"dw_taps must be 0 (no depthwise FIR mode) or an integer from 2 "
+                              f"to cols ({self.cols}), not {self.dw_taps!r}")
+        if self.dw_taps == self.cols:
+            object.__setattr__(self, "dw_taps", None)     # the default: one name per design
         if self.act_line_bits < self.bus_bits and self.act_depth * self.act_line_bits \
                 < self.bus_bits:
             raise ConfigError(f"act_depth must hold at least one bus beat, not {self.act_depth}")
@@ -138,6 +153,11 @@ class AccelConfig:
     def beat_bytes(self) -> int:
         """Bytes per AXI beat."""
         return self.bus_bits // 8
+
+    @property
+    def fir_taps(self) -> int:
+        """Taps of the depthwise FIR mode (:attr:`dw_taps`, ``cols`` when unset; 0: none)."""
+        return self.cols if self.dw_taps is None else self.dw_taps
 
     @property
     def pes(self) -> int:
@@ -201,7 +221,10 @@ class AccelConfig:
     # -- serialisation --------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, except optional ones left unset (``None``: TOML has no null, and a
+        config that does not set them keeps its name)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

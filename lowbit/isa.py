@@ -51,7 +51,8 @@ HISTORY: tuple[tuple[int, str], ...] = (
     (2, "COMPUTE `mul_m1` and `acc_max` (residual adds, max pooling); later within v2, "
         "COMPUTE `depthwise` (3-tap row mode) and `reduce`"),
     (3, "COMPUTE `dw_reach` (depthwise row mode over up to `cols` taps); STORE `reps_m1`, "
-        "`acc_pitch`, `dram_pitch` (2-D STORE); parameter byte 7 is the output zero point"),
+        "`acc_pitch`, `dram_pitch` (2-D STORE); parameter byte 7 is the output zero point; "
+        "later within v3 (same encoding), `dw_reach` is bounded by the config's `dw_taps`"),
 )
 #: Width of each dependency-token counter; at most 2**bits - 1 tokens may be outstanding.
 TOKEN_COUNTER_BITS = 8
@@ -116,7 +117,7 @@ FORMATS: dict[Opcode, tuple[tuple[str, int], ...]] = {
         ("acc_max", 1),        # with accumulate: keep the maximum instead of the sum
         ("depthwise", 1),      # FIR mode: lane i sums its own channel over dw_reach + 1 lines
         ("reduce", 1),         # every row into acc_addr; rows after the first accumulate
-        ("dw_reach", 6),       # depthwise: last line offset (0..cols-1); 0 otherwise
+        ("dw_reach", 6),       # depthwise: last line offset (0..dw_taps-1); 0 otherwise
     ),
     Opcode.STORE: (
         ("acc_addr", 16),      # first accumulator line of group 0
@@ -351,8 +352,9 @@ With `depthwise = 1` (FIR mode, for depthwise convolutions) it streams `rows + d
 lines and line `m < rows` gives
 `r[i] = (mul_m1 + 1) * sum_{o=0..dw_reach} act[m+o][i] * w[i][cols-1-o]`: lane `i` is a
 `dw_reach + 1`-tap filter over the line stream of channel `i`. `dw_reach` is at most
-`cols - 1` (and 0 without `depthwise`); the tile's entries `w[i][cols-1-o]` with
-`o > dw_reach` must be zero, otherwise the results are undefined.
+`dw_taps - 1` (the config's FIR taps, `cols` unless set; and 0 without `depthwise`); a
+config with `dw_taps = 0` has no FIR mode and refuses `depthwise = 1`. The tile's entries
+`w[i][cols-1-o]` with `o > dw_reach` must be zero, otherwise the results are undefined.
 Completes when the last result is written to the accumulator memory.
 
 ### STORE

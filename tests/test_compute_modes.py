@@ -55,7 +55,7 @@ def _program(cfg, rng, m, steps):
     wb = cfg.weight_bits
     acts = rng.integers(-128, 128, (2 * m + C, R))
     tiles = [rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), (R, C)) for _ in steps]
-    reaches = [int(rng.integers(0, C)) if dw else 0 for *_, dw in steps]
+    reaches = [int(rng.integers(0, cfg.fir_taps)) if dw else 0 for *_, dw in steps]
     for tile, reach, (*_, dw) in zip(tiles, reaches, steps, strict=True):
         if dw:
             tile[:, :C - 1 - reach] = 0
@@ -102,12 +102,18 @@ def test_scaled_and_max_accumulation(seed):
     _check(cfg, prog, want, 5)
 
 
-@pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2)])
+#: Configs with fewer FIR taps than columns (``dw_taps``).
+FEW_TAPS = {"tiny-3taps": PRESETS["tiny"].replace(dw_taps=3),
+            "8x8-5taps": PRESETS["8x8"].replace(dw_taps=5)}
+
+
+@pytest.mark.parametrize("name,seed", [("tiny", 0), ("tiny", 1), ("8x8", 2),
+                                       ("tiny-3taps", 5), ("8x8-5taps", 6)])
 def test_depthwise_fir_mode(name, seed):
-    """Depthwise passes with random reaches mixed with matrix passes, back to back (the
-    trailing lines of one flow into the array while the next instruction streams, and
-    the next tile's nonzero columns must not leak into the last results)."""
-    cfg = PRESETS[name]
+    """Depthwise passes with random reaches (below ``dw_taps``) mixed with matrix passes,
+    back to back (the trailing lines of one flow into the array while the next instruction
+    streams, and the next tile's nonzero columns must not leak into the last results)."""
+    cfg = FEW_TAPS.get(name) or PRESETS[name]
     rng = np.random.default_rng(seed)
     steps = [(0, 0, 0, 0, 1), (1, 0, int(rng.integers(0, 4)), 1, 1), (1, 0, 0, 0, 0),
              (1, 0, 0, 1, 1), (1, 1, 0, 0, 1), (1, 0, 2, 1, 0), (1, 0, 0, 0, 1)]
@@ -148,17 +154,29 @@ def test_reduce_sums_or_maxes_every_row_into_one_line(name, seed):
     _check(cfg, prog, want, 3)
 
 
-@pytest.mark.parametrize("depthwise,reach,allowed", [(1, 4, 3), (0, 1, 0)])
-def test_dw_reach_is_checked_against_cols(depthwise, reach, allowed):
-    """``dw_reach`` is at most ``cols - 1`` with ``depthwise`` and 0 without."""
+@pytest.mark.parametrize("taps,depthwise,reach,allowed", [(4, 1, 4, 3), (4, 0, 1, 0),
+                                                        (3, 1, 3, 2)])
+def test_dw_reach_is_checked_against_taps(taps, depthwise, reach, allowed):
+    """``dw_reach`` is at most ``dw_taps - 1`` with ``depthwise`` and 0 without."""
     from lowbit.program import ProgramError
 
-    cfg = PRESETS["tiny"]
+    cfg = PRESETS["tiny"].replace(dw_taps=taps)
     instrs = [isa.make(Opcode.COMPUTE, rows=2, depthwise=depthwise, dw_reach=reach),
               isa.make(Opcode.END)]
     with pytest.raises(ProgramError, match=re.escape(
-            f"dw_reach must be from 0 to {allowed} (cols - 1 with depthwise, 0 without), "
+            f"dw_reach must be from 0 to {allowed} (dw_taps - 1 with depthwise, 0 without), "
             f"not {reach}")):
         Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[]).validate()
     instrs[0] = isa.make(Opcode.COMPUTE, rows=2, depthwise=depthwise, dw_reach=allowed)
     Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[]).validate()
+
+
+def test_depthwise_is_refused_without_fir_taps():
+    """A config built without the FIR mode (``dw_taps = 0``) refuses depthwise COMPUTEs."""
+    from lowbit.program import ProgramError
+
+    cfg = PRESETS["tiny"].replace(dw_taps=0)
+    instrs = [isa.make(Opcode.COMPUTE, rows=2, depthwise=1), isa.make(Opcode.END)]
+    with pytest.raises(ProgramError, match=re.escape(
+            "depthwise must be 0: this config has no depthwise FIR mode (dw_taps = 0)")):
+        Program(config=cfg, instrs=instrs, segments=[], inputs=[], outputs=[]).validate()

@@ -60,7 +60,24 @@ INVALID = [
     ("clock_mhz", 2000, "must be a number from 1 to 1000"),
     ("clock_mhz", "fast", "must be a number from 1 to 1000"),
     ("clock_mhz", True, "must be a number from 1 to 1000"),
+    ("dw_taps", 1, "must be 0 (no depthwise FIR mode) or an integer from 2 to cols (16)"),
+    ("dw_taps", 17, "must be 0 (no depthwise FIR mode) or an integer from 2 to cols (16)"),
+    ("dw_taps", -1, "must be 0 (no depthwise FIR mode) or an integer from 2 to cols (16)"),
+    ("dw_taps", 3.0, "must be 0 (no depthwise FIR mode) or an integer from 2 to cols (16)"),
 ]
+
+
+def test_dw_taps_defaults_to_cols_and_keeps_names():
+    """dw_taps unset means cols; setting it to cols is the same config (same name); any
+    other value gets its own name and survives TOML and JSON."""
+    assert AccelConfig().fir_taps == 16 and AccelConfig(dw_taps=16) == AccelConfig()
+    assert AccelConfig(dw_taps=16).name == AccelConfig().name
+    assert "dw_taps" not in AccelConfig().to_dict()
+    for taps in (0, 3, 9):
+        cfg = AccelConfig(dw_taps=taps)
+        assert cfg.fir_taps == taps and cfg.name != AccelConfig().name
+        assert AccelConfig.from_toml(cfg.to_toml()) == cfg
+        assert AccelConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_every_field_has_invalid_cases():
@@ -133,7 +150,7 @@ OTHER = {
     "param_depth": dict(param_depth=32), "bus_bits": dict(bus_bits=64),
     "queue_depth": dict(queue_depth=4), "max_burst": dict(max_burst=8),
     "fetch_burst": dict(fetch_burst=4), "mem_bytes": dict(mem_bytes=1 << 20),
-    "clock_mhz": dict(clock_mhz=125.5),
+    "clock_mhz": dict(clock_mhz=125.5), "dw_taps": dict(dw_taps=5),
 }
 
 SAMPLES = list(PRESETS.values()) + [AccelConfig(**kw) for kw in OTHER.values()] + [

@@ -37,6 +37,10 @@ CONFIGS = {
     # a small activation scratchpad and accumulator memory: several output tiles, slabs
     # streamed per output block
     "small": TINY.replace(act_depth=64, acc_depth=32, weight_tiles=2),
+    # fewer depthwise FIR taps than columns (dw_taps), or none
+    "tiny-3taps": TINY.replace(dw_taps=3),
+    "8x8-notaps": PRESETS["8x8"].replace(dw_taps=0),
+    "16x16-9taps": PRESETS["16x16"].replace(dw_taps=9),
 }
 
 
@@ -174,7 +178,8 @@ def test_random_conv_matches_numpy(case):
         assert prog.meta["layers"][0]["kind"] == "dwconv"
 
 
-DW_CONFIGS = ("tiny", "tiny-w3", "8x8", "small", "16x16")
+DW_CONFIGS = ("tiny", "tiny-w3", "8x8", "small", "16x16", "tiny-3taps", "8x8-notaps",
+              "16x16-9taps")
 DW_KERNELS = ((3, 3), (5, 5), (3, 5), (1, 3), (3, 1), (2, 2), (7, 7))
 DW_STRIDES = ((1, 1), (2, 2), (1, 2), (2, 1))
 
@@ -193,12 +198,13 @@ def _dw_case(seed):
     return name, cfg, (h, w, c), kernel, stride, pad, rng
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(24))
 def test_random_depthwise_matches_numpy(seed):
     """Random depthwise layers (kernels up to 7x7, strides 1 and 2 per axis, paddings, map
-    widths up to 31, channel counts across blocks) on several configs: reference and
-    cycle simulator bit-exact against the graph model; every COMPUTE is a depthwise FIR
-    tap whose reach stays below ``cols``, and every kernel position is in one tap per
+    widths up to 31, channel counts across blocks) on several configs, some with fewer FIR
+    taps than columns or none: reference and cycle simulator bit-exact against the graph
+    model; every COMPUTE is a depthwise FIR tap whose reach stays below ``dw_taps`` (a
+    diagonal-tile COMPUTE without taps), and every kernel position is in one tap per
     block."""
     name, cfg, shape, kernel, stride, pad, rng = _dw_case(seed)
     lo, hi = _wrange(cfg)
@@ -211,13 +217,17 @@ def test_random_depthwise_matches_numpy(seed):
     prog, _ = _execute(g, cfg, {"x": _image(rng, shape, signed)})
     assert prog.meta["layers"][0]["kind"] == "dwconv"
     computes = [i for i in prog.instrs if i.opcode == Opcode.COMPUTE]
-    assert computes and all(i.depthwise and i.dw_reach < cfg.cols for i in computes)
+    if cfg.fir_taps:
+        assert computes and all(i.depthwise and i.dw_reach < cfg.fir_taps for i in computes)
+    else:
+        assert computes and not any(i.depthwise for i in computes)
     from lowbit.compiler import passes
     from lowbit.compiler.conv import lower
 
     ly = passes.plan_tiles(lower(g, cfg)[0]).graph.layers[0]
     for n in range(-(-shape[2] // cfg.rows)):
-        covered = sorted(p for tp in ly.taps_of(n) for p in tp.fir)
+        covered = sorted(p for tp in ly.taps_of(n)
+                         for p in (tp.fir if cfg.fir_taps else [(tp.ky, tp.kx)]))
         assert covered == [(y, x) for y in range(kernel[0]) for x in range(kernel[1])]
 
 

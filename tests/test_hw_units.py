@@ -69,14 +69,16 @@ def _tile_bits(w, wb):
     return value
 
 
-@pytest.mark.parametrize("n,wb,acc", [(2, 2, 32), (4, 3, 32), (8, 8, 32), (4, 8, 16),
-                                      (16, 4, 32)])
-def test_array_matches_matmul_with_bank_reload(n, wb, acc):
+@pytest.mark.parametrize("n,wb,acc,taps", [(2, 2, 32, 2), (4, 3, 32, 4), (8, 8, 32, 8),
+                                           (4, 8, 16, 4), (16, 4, 32, 16), (4, 4, 32, 3),
+                                           (8, 4, 32, 5), (4, 2, 32, 0)])
+def test_array_matches_matmul_with_bank_reload(n, wb, acc, taps):
     """Random vectors alternate banks and modes (matrix / depthwise FIR mode); bank 0 is
     reloaded at the earliest allowed edge. Expected values come from numpy per vector: in
-    FIR mode lane i sums the products of the next n vectors that use the same bank."""
-    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc)
-    rng = np.random.default_rng(n + acc)
+    FIR mode lane i sums the products of the next ``taps`` vectors that use the same bank
+    (without taps the mode bit is ignored)."""
+    dut = SystolicArray(rows=n, cols=n, weight_bits=wb, acc_bits=acc, dw_taps=taps)
+    rng = np.random.default_rng(n + acc + taps)
     lo, hi = -(1 << (wb - 1)), 1 << (wb - 1)
     tiles = [rng.integers(lo, hi, (n, n)) for _ in range(3)]
     back = 20 + max(20, dut.drain + 1)    # first vector back on bank 0 (tile 2)
@@ -122,15 +124,15 @@ def test_array_matches_matmul_with_bank_reload(n, wb, acc):
 
     checked = 0
     for t in range(total - n + 1):
-        if dws[t]:
+        if dws[t] and taps:
             # each product uses the bank of the vector in that PE; other banks are masked
             want = [sum(int(vecs[t + o, i]) * int(tile_of(t + o)[i, n - 1 - o])
-                        for o in range(n) if sels[t + o] == sels[t]) for i in range(n)]
+                        for o in range(taps) if sels[t + o] == sels[t]) for i in range(n)]
         else:
             want = list(vecs[t] @ tile_of(t))
         assert got[t] == wrap(want), t
         checked += int(dws[t])
-    assert checked > 10
+    assert checked > 10 or not taps
 
 
 @pytest.mark.parametrize("line,beat", [(32, 32), (128, 32), (16, 64), (64, 256)])

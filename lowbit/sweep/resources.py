@@ -96,12 +96,13 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     # the bank select and the partial sum.
     pe_lut = a * wb + acc + wb
     pe_ff = 2 * wb + a + 1 + acc
-    # Depthwise FIR mode: per PE row an adder tree over its cols products at the in-array
-    # partial-sum width (cols - 1 adders, a register every two levels) and a bank mask per
-    # product.
+    # Depthwise FIR mode: per PE row an adder tree over its last dw_taps products at the
+    # in-array partial-sum width (taps - 1 adders, a register every two levels), a bank mask
+    # per product and the mode mux per column; nothing without taps.
     psum = psum_width(rows=r, weight_bits=wb, acc_bits=acc)
-    dw_lut = r * ((c - 1) * psum + c * (a + wb))
-    dw_ff = r * (math.ceil(c / 4) + 1) * psum
+    t = cfg.fir_taps
+    dw_lut = r * ((t - 1) * psum + t * (a + wb)) if t else 0
+    dw_ff = r * (math.ceil(t / 4) + 1) * psum if t else 0
     # Array edges: input skew (triangle of activation registers) and output de-skew.
     skew_ff = (r * (r - 1) // 2) * (a + 1) + (c * (c - 1) // 2) * acc
     # Accumulator read-modify-write adders, one per column, and their pipeline registers.
