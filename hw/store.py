@@ -1,7 +1,7 @@
 """The store unit: post-processing (bias, requantize, ReLU, zero point, clamp) and an AXI4
 write DMA."""
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -206,14 +206,20 @@ class StoreUnit(wiring.Component):
         # the rounding add and the shifter XM + 2 bits wide.
         acc_w = cfg.acc_bits
         XM = max(acc_w, 32) + MULT_BITS
+        # The shifted value only matters up to the clamp: every threshold (lo - z, hi - z)
+        # and every stored value lies in [-2^(Y-1), 2^(Y-1)), so the shifter keeps Y bits
+        # and an overflow flag (saturating to the sign) stands for the rest.
+        Y = 11
         bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
         mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
         shift_in = [Signal(6, name=f"shift_in{j}") for j in range(C)]
         shift = [Signal(range(XM + 2), name=f"shift{j}") for j in range(C)]
-        half = [Signal(XM + 1, name=f"half{j}") for j in range(C)]       # rounding, x >= 0
-        half_n = [Signal(XM + 1, name=f"half_n{j}") for j in range(C)]   # rounding, x < 0
-        # Edge S + 1: the raw fields; edge S + 2: the capped shift and its rounding constants
-        # 2^(shift-1) and 2^(shift-1) - 1 (bit masks, no carry chain).
+        # Rounding: x + 2^(shift-1) - (x < 0) = x + half_n + (x >= 0 and shift > 0), with
+        # half_n = 2^(shift-1) - 1 (0 for shift 0) and the last term the adder's carry in.
+        half_n = [Signal(XM + 1, name=f"half_n{j}") for j in range(C)]
+        rounds = [Signal(name=f"rounds{j}") for j in range(C)]            # shift > 0
+        # Edge S + 1: the raw fields; edge S + 2: the capped shift and the rounding constant,
+        # bits of one thermometer code ``shift > c`` (no carry chains).
         prm_load2 = Signal()
         m.d.sync += prm_load2.eq(prm_load)
         with m.If(prm_load):
@@ -225,9 +231,11 @@ class StoreUnit(wiring.Component):
             for j in range(C):
                 s = Signal(range(XM + 2), name=f"s{j}")
                 m.d.comb += s.eq(Mux(shift_in[j] > XM + 1, XM + 1, shift_in[j]))
+                # above[c] = s > c; s <= XM + 1
+                above = _above(shift_in[j], XM + 1) + [Const(0, 1)]
                 m.d.sync += [shift[j].eq(s),
-                             half[j].eq(Cat(*(s == i + 1 for i in range(XM + 1)))),
-                             half_n[j].eq(Cat(*(s > i + 1 for i in range(XM + 1))))]
+                             half_n[j].eq(Cat(*above[1:XM + 2])),
+                             rounds[j].eq(above[0])]
         # Output zero point z (byte 7, int8 or uint8 by out_unsigned), edge S + 1; edge S + 2:
         # the clamp thresholds on y, ``lo_th = max(lo - z, 0 if relu)`` and ``hi_th = hi - z``,
         # and the value stored below lo_th, ``lo_q = clamp(lo_th + z)`` (``lo``, or
@@ -271,7 +279,9 @@ class StoreUnit(wiring.Component):
                 m.d.sync += throttle.eq(throttle - 1)
 
         # Stages 1-7, per lane: requantize (lowbit.layout.requantize) with one adder,
-        # multiplier, shifter or comparator between registers.
+        # multiplier, shifter or comparator between registers. Stage 6 shifts only the Y
+        # bits the clamp can use (a log shifter that drops what later levels cannot bring
+        # down) and flags t >> shift beyond Y signed bits; stage 7 saturates on the flag.
         y = Signal(L)
         for j in range(C):
             a = Signal(signed(acc_w), name=f"a{j}")              # 1: memory output
@@ -280,14 +290,28 @@ class StoreUnit(wiring.Component):
             p_hi = Signal(signed(17 + MULT_BITS), name=f"p_hi{j}")
             x = Signal(signed(XM + 1), name=f"x{j}")             # 4: (acc + bias) * mult
             t = Signal(signed(XM + 2), name=f"t{j}")             # 5: + half - (x < 0)
-            r = Signal(signed(XM + 2), name=f"r{j}")             # 6: >> shift
+            r = Signal(signed(Y), name=f"r{j}")                  # 6: (t >> shift)[:Y]
+            ovf = Signal(name=f"ovf{j}")                         #    it needs more bits
+            neg = Signal(name=f"neg{j}")                         #    t < 0
             c = Signal(8, name=f"c{j}")                          # 7: ReLU, + z, clamp
-            with m.If(r < lo_th[j]):
+            with m.If(ovf):
+                m.d.comb += c.eq(Mux(neg, lo_q[j], hi[:8]))
+            with m.Elif(r < lo_th[j]):
                 m.d.comb += c.eq(lo_q[j])
             with m.Elif(r > hi_th[j]):
                 m.d.comb += c.eq(hi[:8])
             with m.Else():
                 m.d.comb += c.eq(r[:8] + zero[j][:8])
+            # Bits of t that must all equal its sign for t >> shift to fit in Y signed bits:
+            # i >= shift + Y - 1, i.e. not shift > i - Y + 1, a bit of the same thermometer.
+            above = Cat(rounds[j], half_n[j])
+            high = Cat(*(~above[i - Y + 1] if i >= Y - 1 else Const(0, 1)
+                         for i in range(XM + 2)))
+            shifted = t
+            for k in reversed(range(len(shift[j]))):
+                # after this level the shift left to do is below 2^k: keep Y + 2^k - 1 bits
+                keep = min(Y + (1 << k) - 1, len(shifted))
+                shifted = Mux(shift[j][k], shifted >> (1 << k), shifted)[:keep].as_signed()
             with m.If(adv):
                 m.d.sync += [
                     a.eq(self.acc_data[j * acc_w:(j + 1) * acc_w].as_signed()),
@@ -295,8 +319,10 @@ class StoreUnit(wiring.Component):
                     p_lo.eq(sb[:17] * mult[j]),
                     p_hi.eq(sb[17:].as_signed() * mult[j]),
                     x.eq((p_hi << 17) + p_lo),
-                    t.eq(x + Mux(x[-1], half_n[j], half[j])),
-                    r.eq(t >> shift[j]),
+                    t.eq(x + half_n[j] + (rounds[j] & ~x[-1])),
+                    r.eq(shifted[:Y]),
+                    ovf.eq(((t ^ t[-1].replicate(XM + 2)) & high).any()),
+                    neg.eq(t[-1]),
                     y[j * 8:(j + 1) * 8].eq(c[:8]),
                 ]
         vy = v[STORE_STAGES - 1]
@@ -340,6 +366,19 @@ class StoreUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += [axi.wlast.eq(w_in_burst == 1), w_in_burst.eq(w_in_burst - 1)]
         return m
+
+
+def _above(v, n):
+    """``[v > c for c in range(n)]`` for an unsigned ``v``, as shared decodes of its two
+    halves (``hi > ch | hi == ch & lo > cl``) instead of ``n`` carry-chain comparators."""
+    lo, hi = v[:len(v) // 2], v[len(v) // 2:]
+    nl, nh = 1 << len(lo), 1 << len(hi)
+    hi_eq = [hi == k for k in range(nh)]
+    lo_eq = [lo == k for k in range(nl)]
+    hi_gt = [Cat(*hi_eq[k + 1:]).any() if k + 1 < nh else Const(0, 1) for k in range(nh)]
+    lo_gt = [Cat(*lo_eq[k + 1:]).any() if k + 1 < nl else Const(0, 1) for k in range(nl)]
+    return [hi_gt[c // nl] | (hi_eq[c // nl] & lo_gt[c % nl]) if c < nl * nh else Const(0, 1)
+            for c in range(n)]
 
 
 def _burst(m, addr, left, *, beat_bytes, max_burst):
