@@ -16,7 +16,12 @@ from .axi import BURST_INCR, AXI4WriteSignature
 from .decode import TokenPort, field, opcode_of
 from .load import burst_len
 
-__all__ = ["StoreUnit"]
+__all__ = ["CLAMP_BITS", "StoreUnit"]
+
+#: Signed width the store unit keeps of the shifted value ``(x + round) >> shift``: every
+#: clamp threshold (``lo - z``, ``hi - z``) and every stored value lies in
+#: ``[-2^(CLAMP_BITS-1), 2^(CLAMP_BITS-1))``, so an overflow flag stands for the other bits.
+CLAMP_BITS = 11
 
 
 class StoreUnit(wiring.Component):
@@ -206,10 +211,7 @@ class StoreUnit(wiring.Component):
         # the rounding add and the shifter XM + 2 bits wide.
         acc_w = cfg.acc_bits
         XM = max(acc_w, 32) + MULT_BITS
-        # The shifted value only matters up to the clamp: every threshold (lo - z, hi - z)
-        # and every stored value lies in [-2^(Y-1), 2^(Y-1)), so the shifter keeps Y bits
-        # and an overflow flag (saturating to the sign) stands for the rest.
-        Y = 11
+        Y = CLAMP_BITS
         bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
         mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
         shift_in = [Signal(6, name=f"shift_in{j}") for j in range(C)]

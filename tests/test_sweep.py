@@ -264,6 +264,9 @@ def test_analytic_resources():
     assert [g.dsp for g in grow] == [8, 16, 32, 64]
     widths = [analytic_resources(base.replace(weight_bits=b)).lut for b in (2, 3, 4, 8)]
     assert widths == sorted(widths) and len(set(widths)) == 4
+    # Fewer depthwise FIR taps, fewer adders and registers; none without the FIR mode.
+    taps = [analytic_resources(base.replace(dw_taps=t)) for t in (0, 3, 9, 16)]
+    assert all(a.lut < b.lut and a.ff < b.ff for a, b in itertools.pairwise(taps))
 
 
 # -- a small sweep ----------------------------------------------------------------------------

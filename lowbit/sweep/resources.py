@@ -86,6 +86,7 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     round numbers for a LUT4 fabric with carry chains, not fitted to a synthesis tool.
     """
     from lowbit.hw.pe import ACT_WIDTH, psum_width
+    from lowbit.hw.store import CLAMP_BITS
     from lowbit.layout import MULT_BITS
 
     assert MULT_BITS == _STORE_MULT_BITS
@@ -108,14 +109,19 @@ def analytic_resources(cfg: AccelConfig, *, board: str | None = None,
     # Accumulator read-modify-write adders, one per column, and their pipeline registers.
     accum_lut, accum_ff = c * acc, 2 * c * acc
     # Store unit per column (hw/store.py): bias adder (sb bits), two 17 x 16 partial
-    # products on DSPs, their sum, the rounding add, the rounding shifter (a mux level per
-    # shift bit) and the clamp comparators, all xm + 2 bits wide at most; registers of its
-    # pipeline stages and of the parameters (bias, mult, shift, two rounding masks).
+    # products on DSPs, their sum and the rounding add (xm + 2 bits), the overflow flag (two
+    # bits per LUT), the rounding shifter (a mux level per shift bit, each keeping the
+    # CLAMP_BITS + 2^k - 1 bits later levels can bring down), the clamp comparators and the
+    # thermometer decode of the shift; registers of its pipeline stages and of the
+    # parameters (bias, mult, shift, rounding mask, zero point and thresholds).
     sb = max(acc, 32) + 1
     xm = sb - 1 + _STORE_MULT_BITS
-    store_lut = c * (sb + 3 * (xm + 2) + (xm + 2) * _STORE_SHIFT_LEVELS // 2 + 16)
-    store_ff = c * (acc + sb + 2 * (17 + _STORE_MULT_BITS) + 3 * (xm + 2) + 8
-                    + 32 + _STORE_MULT_BITS + 12 + 2 * (xm + 1))
+    y = CLAMP_BITS
+    shifter = sum(min(y + (1 << k) - 1, xm + 2) for k in range(_STORE_SHIFT_LEVELS))
+    store_lut = c * (sb + 2 * (xm + 2) + (xm + 2) // 2 + shifter // 2 + 2 * y + 16
+                     + (xm + 2))
+    store_ff = c * (acc + sb + 2 * (17 + _STORE_MULT_BITS) + (xm + 1) + (xm + 2) + y + 2 + 8
+                    + 32 + _STORE_MULT_BITS + 12 + (xm + 1) + 1 + 38)
     dsp = c * math.ceil(sb / _DSP_WIDTH)
     # Instruction queues in LUT RAM (16 x 1 per LUT), three of 128-bit entries.
     queue_lut = 3 * 128 * math.ceil(cfg.queue_depth / 16)
