@@ -21,9 +21,6 @@ from .targets import Board
 __all__ = ["Memory", "Usage", "array_ff_lower_bound", "bram_blocks", "memories",
            "precheck_usage", "usage_from_nextpnr", "usage_from_stat"]
 
-#: Activations enter the PE array 9 bits wide (see lowbit.hw.pe.ACT_WIDTH).
-_ACT_WIDTH = 9
-
 #: (data width, depth) modes of one block RAM per family. xc7 counts RAMB18 halves.
 _BRAM_MODES = {
     "ice40": ((16, 256), (8, 512), (4, 1024), (2, 2048)),
@@ -74,12 +71,14 @@ def array_ff_lower_bound(cfg: AccelConfig) -> int:
     """Flip-flops the PE array needs at the least.
 
     Per PE: two weight banks and the activation register (distinct signals, never merged);
-    the partial sum of row ``i`` carries at least ``9 + weight_bits + ceil(log2(i + 1))``
-    significant bits (capped at ``acc_bits``). The bank-select chain is left out: PEs on one
-    anti-diagonal share it after synthesis merges equal registers.
+    the partial sum after row ``i`` carries at least the significant bits of a sum of
+    ``i + 1`` products (:func:`lowbit.hw.pe.psum_width`). The bank-select chain is left out:
+    PEs on one anti-diagonal share it after synthesis merges equal registers.
     """
-    per_pe = 2 * cfg.weight_bits + _ACT_WIDTH
-    psum = sum(min(cfg.acc_bits, _ACT_WIDTH + cfg.weight_bits + (i).bit_length())
+    from lowbit.hw.pe import ACT_WIDTH, psum_width
+
+    per_pe = 2 * cfg.weight_bits + ACT_WIDTH
+    psum = sum(psum_width(rows=i + 1, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits)
                for i in range(cfg.rows))
     return cfg.pes * per_pe + cfg.cols * psum
 
