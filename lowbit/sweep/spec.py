@@ -159,8 +159,58 @@ class ProgramWorkload:
         return f"program {Path(self.path).name}"
 
 
-Workload = MlpWorkload | GemmWorkload | ProgramWorkload
-WORKLOAD_KINDS = ("mlp", "gemm", "program")
+@dataclass(frozen=True)
+class ZooWorkload:
+    """A network of the model zoo (:mod:`lowbit.compiler.zoo`) with seeded random weights at
+    the point's ``weight_bits``, ``act_bits`` and ``acc_bits``, compiled on each point's
+    config and run on seeded random inputs; outputs checked against the graph's integer
+    model. No accuracy: the weights are random."""
+
+    name: str
+    model: str
+    seed: int = 0
+    host_im2col: bool = True
+
+    kind = "zoo"
+    context_key = None
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "model": self.model, "seed": self.seed,
+                "host_im2col": self.host_im2col}
+
+    def describe(self) -> str:
+        return f"zoo {self.model}" + ("" if self.host_im2col else " (no host im2col)")
+
+
+@dataclass(frozen=True)
+class OnnxWorkload:
+    """A quantized ONNX / QONNX file imported and compiled on each point's config (its
+    weights must fit the point's ``weight_bits``; activation widths are the file's), run on
+    seeded random inputs; outputs checked against the imported graph's integer model."""
+
+    name: str
+    path: str
+    sha256: str
+    seed: int = 0
+    host_im2col: bool = True
+
+    kind = "onnx"
+
+    @property
+    def context_key(self) -> str:
+        """The file's bytes are shipped to the workers under this key."""
+        return f"onnx:{self.sha256}"
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "sha256": self.sha256, "seed": self.seed,
+                "host_im2col": self.host_im2col}
+
+    def describe(self) -> str:
+        return f"ONNX {Path(self.path).name}"
+
+
+Workload = MlpWorkload | GemmWorkload | ProgramWorkload | ZooWorkload | OnnxWorkload
+WORKLOAD_KINDS = ("mlp", "gemm", "program", "zoo", "onnx")
 
 #: Config fields a compiled program's instructions and memory image depend on.
 PROGRAM_FIXED_FIELDS = ("rows", "cols", "weight_bits", "act_bits", "acc_bits", "bus_bits")
@@ -451,6 +501,8 @@ _WORKLOAD_KEYS = {
     "mlp": ("kind", "name", "hidden", "seed", "train_iters", "batch", "act_bits"),
     "gemm": ("kind", "name", "shape", "seed", "relu", "act_unsigned"),
     "program": ("kind", "name", "path", "seed"),
+    "zoo": ("kind", "name", "model", "seed", "host_im2col"),
+    "onnx": ("kind", "name", "path", "seed", "host_im2col"),
 }
 
 
@@ -513,6 +565,35 @@ def _parse_workloads(value, base_dir: Path) -> tuple[Workload, ...]:
                               shape=tuple(shape), seed=seed,
                               relu=_bool_key(key, table, "relu"),
                               act_unsigned=_bool_key(key, table, "act_unsigned"))
+        elif kind == "zoo":
+            from lowbit.compiler.zoo import MODELS
+
+            model = table.get("model")
+            if model not in MODELS:
+                _fail(f"{key}.model", model, f"one of {', '.join(MODELS)}")
+            wl = ZooWorkload(name=table.get("name", model), model=model, seed=seed,
+                             host_im2col=table.get("host_im2col", True))
+            if not isinstance(wl.host_im2col, bool):
+                _fail(f"{key}.host_im2col", wl.host_im2col, "true or false")
+        elif kind == "onnx":
+            path = table.get("path")
+            if not isinstance(path, str) or not path:
+                _fail(f"{key}.path", path, "the path of a quantized ONNX or QONNX file")
+            full = Path(path) if Path(path).is_absolute() else base_dir / path
+            if not full.is_file():
+                _fail(f"{key}.path", path, "an existing quantized ONNX or QONNX file")
+            from lowbit.compiler.onnx_import import import_onnx
+
+            data = full.read_bytes()
+            try:
+                import_onnx(data)
+            except ValueError as exc:
+                raise SweepSpecError(f"{key}.path: {path}: {exc}") from None
+            wl = OnnxWorkload(name=table.get("name", f"onnx-{Path(path).stem}"),
+                              path=str(full), sha256=hashlib.sha256(data).hexdigest(),
+                              seed=seed, host_im2col=table.get("host_im2col", True))
+            if not isinstance(wl.host_im2col, bool):
+                _fail(f"{key}.host_im2col", wl.host_im2col, "true or false")
         else:
             path = table.get("path")
             if not isinstance(path, str) or not path:

@@ -27,7 +27,15 @@ import numpy as np
 
 from lowbit.config import AccelConfig
 
-from .spec import PROGRAM_FIXED_FIELDS, GemmWorkload, MlpWorkload, ProgramWorkload, Workload
+from .spec import (
+    PROGRAM_FIXED_FIELDS,
+    GemmWorkload,
+    MlpWorkload,
+    OnnxWorkload,
+    ProgramWorkload,
+    Workload,
+    ZooWorkload,
+)
 
 __all__ = ["DELAY_ENV", "DesignResult", "DesignTask", "MlpContext", "compute_design",
            "prepare_contexts"]
@@ -87,7 +95,7 @@ def prepare_contexts(workloads) -> dict:
             contexts[key] = MlpContext(model=data.model, x_train=data.x_train,
                                        x_test=data.x_test, y_test=data.y_test,
                                        float_accuracy=data.accuracy)
-        elif isinstance(wl, ProgramWorkload):
+        elif isinstance(wl, (ProgramWorkload, OnnxWorkload)):
             contexts[key] = Path(wl.path).read_bytes()
     return contexts
 
@@ -226,6 +234,42 @@ def _run_program(cfg: AccelConfig, wl: ProgramWorkload, blob: bytes, mem_latency
             "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits}
 
 
+def _run_graph(cfg: AccelConfig, g, wl, mem_latency: int) -> dict:
+    """Compile a network graph for ``cfg``, run it on seeded random inputs, check the
+    outputs against ``g.forward``."""
+    from lowbit.compiler import compile_network, pack_inputs, unpack_outputs
+    from lowbit.compiler.zoo import sample_inputs
+    from lowbit.executors import run
+
+    program = compile_network(g, cfg, host_im2col=wl.host_im2col)
+    inputs = sample_inputs(g, seed=wl.seed + 1)
+    res = run(program, pack_inputs(program, inputs), backend="sim", mem_latency=mem_latency)
+    got = unpack_outputs(program, res.outputs)
+    for name, want in g.forward(inputs).items():
+        _check_equal(got[name], want, f"{wl.name} output {name}")
+    return {**_timing_metrics(cfg, res, g.macs()), "instructions": len(program.instrs),
+            "batch": 1, "accuracy": None, "float_accuracy": None, "verified": 1,
+            "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits}
+
+
+def _run_zoo(cfg: AccelConfig, wl: ZooWorkload, mem_latency: int) -> dict:
+    from lowbit.compiler import zoo
+
+    g = zoo.build(wl.model, weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
+                  acc_bits=cfg.acc_bits, seed=wl.seed)
+    return _run_graph(cfg, g, wl, mem_latency)
+
+
+def _run_onnx(cfg: AccelConfig, wl: OnnxWorkload, blob: bytes, mem_latency: int) -> dict:
+    from lowbit.compiler.onnx_import import import_onnx
+
+    g = import_onnx(blob, weight_bits=cfg.weight_bits, acc_bits=cfg.acc_bits,
+                    name=Path(wl.path).stem)
+    metrics = _run_graph(cfg, g, wl, mem_latency)
+    metrics["act_bits"] = max(g.tensor(t).bits for t in g.inputs)
+    return metrics
+
+
 def compute_point(cfg: AccelConfig, wl: Workload, contexts: dict, mem_latency: int) -> dict:
     """The stored result of one workload on one config: ``{"status", "error", "metrics"}``."""
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
@@ -236,6 +280,10 @@ def compute_point(cfg: AccelConfig, wl: Workload, contexts: dict, mem_latency: i
             metrics = _run_mlp(cfg, wl, contexts[wl.context_key], mem_latency)
         elif isinstance(wl, GemmWorkload):
             metrics = _run_gemm(cfg, wl, mem_latency)
+        elif isinstance(wl, ZooWorkload):
+            metrics = _run_zoo(cfg, wl, mem_latency)
+        elif isinstance(wl, OnnxWorkload):
+            metrics = _run_onnx(cfg, wl, contexts[wl.context_key], mem_latency)
         else:
             metrics = _run_program(cfg, wl, contexts[wl.context_key], mem_latency)
     except ValueError as exc:
