@@ -25,9 +25,10 @@ class PE(wiring.Component):
     Each cycle: ``prod <= a_in * w[sel_in]``, ``p_out <= p_in + prod`` (wrapping at
     ``psum_bits``), ``a_out <= a_in``, ``sel_out <= sel_in``: latency 1 from ``p_in``,
     ``a_in`` and ``sel_in`` to their outputs, 2 from ``a_in`` to ``p_out`` (the product is
-    registered, so no adder follows the multiplier in one cycle; a DSP block absorbs it as
-    its output register). ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock
-    edge; the other bank keeps serving.
+    registered, so no adder follows the multiplier in one cycle; a DSP block could take it
+    as its output register, which yosys' ECP5 mapping does not do: docs/boards.md).
+    ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock edge; the other bank
+    keeps serving.
     """
 
     def __init__(self, *, weight_bits: int, psum_bits: int):
