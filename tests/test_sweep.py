@@ -181,7 +181,7 @@ path = "g.lbp"
     ("", "workload is missing; add at least one [[workload]] table with kind = one of mlp, "
          "gemm, program"),
     ('[[workload]]\nkind = "conv"', "workload[0].kind must be one of mlp, gemm, program, "
-                                   "not 'conv'"),
+                                   "zoo, onnx, not 'conv'"),
     ('[[workload]]\nkind = "gemm"\nshape = [4, 4]',
      "workload[0].shape must be [M, K, N] with integers from 1 to 65536, not [4, 4]"),
     ('[[workload]]\nkind = "gemm"\nshape = [4, 4, 4]\nbatch = 2',
