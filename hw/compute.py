@@ -81,7 +81,7 @@ class ComputeUnit(wiring.Component):
         p_rd_left = Signal(range(nw + 1))
         p_fill_left = Signal(range(nw + 1))
         p_rd_v = Signal()
-        chain = Signal(nw * W)
+        chain = Signal(nw * W, reset_less=True)      # weight words (data, no reset)
 
         pop_prev = field(ins, F, "pop_prev")
         pop_next = field(ins, F, "pop_next")
@@ -186,7 +186,7 @@ class ComputeUnit(wiring.Component):
                      dw_d[0].eq(s_dw), dw_d[1].eq(dw_d[0])]
         for i in range(R):
             byte = self.act_data[i * 8:(i + 1) * 8]
-            a = Signal.like(array.a[i], name=f"a{i}")
+            a = Signal.like(array.a[i], name=f"a{i}", reset_less=True)
             m.d.sync += a.eq(byte.as_signed())
             with m.If(uns_d):
                 m.d.sync += a.eq(byte.as_unsigned())
@@ -199,7 +199,10 @@ class ComputeUnit(wiring.Component):
                        ("pprev", 1), ("pnext", 1)]
 
         def meta_sig(name):
-            return {k: Signal(w, name=f"{name}_{k}") for k, w in meta_layout}
+            # the valid and token bits are reset; the fields they qualify need not be
+            return {k: Signal(w, name=f"{name}_{k}",
+                              reset_less=k not in ("valid", "pprev", "pnext"))
+                    for k, w in meta_layout}
 
         stages = [meta_sig(f"meta{k}") for k in range(D + 1)]
         m.d.comb += [
@@ -221,10 +224,11 @@ class ComputeUnit(wiring.Component):
         # multiplier drives the write data combinationally.
         scl, rd, cur, wr = stages[D - 2], stages[D - 2], stages[D - 1], stages[D]
         aw = cfg.acc_bits
-        p_in = [Signal.like(array.p[j], name=f"p_in{j}") for j in range(C)]
-        mul_in = Signal(9)
-        scaled = [Signal(signed(aw), name=f"scaled{j}") for j in range(C)]
-        old_q = [Signal(signed(aw), name=f"old_q{j}") for j in range(C)]
+        # Data registers without reset (qualified by the valid bits above).
+        p_in = [Signal.like(array.p[j], name=f"p_in{j}", reset_less=True) for j in range(C)]
+        mul_in = Signal(9, reset_less=True)
+        scaled = [Signal(signed(aw), name=f"scaled{j}", reset_less=True) for j in range(C)]
+        old_q = [Signal(signed(aw), name=f"old_q{j}", reset_less=True) for j in range(C)]
         m.d.sync += mul_in.eq(scl["mul"] + 1)
         for j in range(C):
             m.d.sync += [p_in[j].eq(array.p[j]), scaled[j].eq(p_in[j] * mul_in)]

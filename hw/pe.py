@@ -42,15 +42,21 @@ class PE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        banks = Array(Signal(signed(self.weight_bits), name=f"w{b}") for b in range(2))
+        # Datapath registers only: none needs the reset (every consumer is qualified by
+        # valid bits reset elsewhere), and leaving it out keeps the reset net's fanout to
+        # the control logic.
+        banks = Array(Signal(signed(self.weight_bits), name=f"w{b}", reset_less=True)
+                      for b in range(2))
+        prod = Signal.like(self.prod, name="prod_q", reset_less=True)
+        a_q = Signal.like(self.a_out, name="a_q", reset_less=True)
+        sel_q = Signal.like(self.sel_out, name="sel_q", reset_less=True)
+        p_q = Signal.like(self.p_out, name="p_q", reset_less=True)
         with m.If(self.w_load):
             m.d.sync += banks[self.w_bank].eq(self.w_data)
-        m.d.sync += self.prod.eq(self.a_in * banks[self.sel_in])
-        m.d.sync += [
-            self.a_out.eq(self.a_in),
-            self.sel_out.eq(self.sel_in),
-            self.p_out.eq(self.p_in + self.prod),
-        ]
+        m.d.sync += [prod.eq(self.a_in * banks[self.sel_in]), a_q.eq(self.a_in),
+                     sel_q.eq(self.sel_in), p_q.eq(self.p_in + prod)]
+        m.d.comb += [self.prod.eq(prod), self.a_out.eq(a_q), self.sel_out.eq(sel_q),
+                     self.p_out.eq(p_q)]
         return m
 
 
@@ -136,8 +142,8 @@ class SystolicArray(wiring.Component):
             # Row i enters i cycles late.
             a, sel = self.a[i], self.sel
             for d in range(i):
-                a_d = Signal(signed(9), name=f"skew_a{i}_{d}")
-                s_d = Signal(name=f"skew_s{i}_{d}")
+                a_d = Signal(signed(9), name=f"skew_a{i}_{d}", reset_less=True)
+                s_d = Signal(name=f"skew_s{i}_{d}", reset_less=True)
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
@@ -145,7 +151,7 @@ class SystolicArray(wiring.Component):
             for j in range(C):
                 p = pes[R - 1][j].p_out
                 for d in range(C - 1 - j):
-                    p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
+                    p_d = Signal(signed(pw), name=f"deskew{j}_{d}", reset_less=True)
                     m.d.sync += p_d.eq(p)
                     p = p_d
                 m.d.comb += self.p[j].eq(p)
@@ -159,19 +165,19 @@ class SystolicArray(wiring.Component):
         # The mode bit of vector t, delayed to t + rows + j + L for lane j.
         dw_d = [self.dw]
         for d in range(R + C + L - 1):
-            s_d = Signal(name=f"dw_d{d + 1}")
+            s_d = Signal(name=f"dw_d{d + 1}", reset_less=True)
             m.d.sync += s_d.eq(dw_d[-1])
             dw_d.append(s_d)
         for j in range(C):
             col = pes[R - 1][j].p_out
             for d in range(L - 1):
-                c_d = Signal(signed(pw), name=f"col{j}_d{d + 1}")
+                c_d = Signal(signed(pw), name=f"col{j}_d{d + 1}", reset_less=True)
                 m.d.sync += c_d.eq(col)
                 col = c_d
             p = Signal(signed(pw), name=f"lane{j}")
             m.d.comb += p.eq(Mux(dw_d[R + j + L], row_sum[j], col))
             for d in range(C - 1 - j):
-                p_d = Signal(signed(pw), name=f"deskew{j}_{d}")
+                p_d = Signal(signed(pw), name=f"deskew{j}_{d}", reset_less=True)
                 m.d.sync += p_d.eq(p)
                 p = p_d
             m.d.comb += self.p[j].eq(p)
@@ -187,13 +193,14 @@ class SystolicArray(wiring.Component):
             if j == T - 1:
                 level.append(row[j].prod)
                 continue
-            keep = Signal(name=f"dw_keep{i}_{j}")
+            keep = Signal(name=f"dw_keep{i}_{j}", reset_less=True)
             m.d.sync += keep.eq(row[j].sel_in == row[T - 1].sel_in)
             level.append(Mux(keep, row[j].prod, 0))
         for s in range(stages):
             nxt = []
             for g in range(0, len(level), DW_TREE_FANIN):
-                r = Signal(signed(pw), name=f"row_sum{i}_s{s}_{g // DW_TREE_FANIN}")
+                r = Signal(signed(pw), name=f"row_sum{i}_s{s}_{g // DW_TREE_FANIN}",
+                           reset_less=True)
                 m.d.sync += r.eq(_balanced_sum(level[g:g + DW_TREE_FANIN]))
                 nxt.append(r)
             level = nxt

@@ -1,6 +1,8 @@
 """The store unit: post-processing (bias, requantize, ReLU, zero point, clamp) and an AXI4
 write DMA."""
 
+import functools
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -212,14 +214,17 @@ class StoreUnit(wiring.Component):
         acc_w = cfg.acc_bits
         XM = max(acc_w, 32) + MULT_BITS
         Y = CLAMP_BITS
-        bias = [Signal(signed(32), name=f"bias{j}") for j in range(C)]
-        mult = [Signal(MULT_BITS, name=f"mult{j}") for j in range(C)]
-        shift_in = [Signal(6, name=f"shift_in{j}") for j in range(C)]
-        shift = [Signal(range(XM + 2), name=f"shift{j}") for j in range(C)]
+        # The parameters and the data pipeline have no reset: valid bits (``v``) qualify
+        # every value, and the reset net stays with the control logic.
+        Reg = functools.partial(Signal, reset_less=True)
+        bias = [Reg(signed(32), name=f"bias{j}") for j in range(C)]
+        mult = [Reg(MULT_BITS, name=f"mult{j}") for j in range(C)]
+        shift_in = [Reg(6, name=f"shift_in{j}") for j in range(C)]
+        shift = [Reg(range(XM + 2), name=f"shift{j}") for j in range(C)]
         # Rounding: x + 2^(shift-1) - (x < 0) = x + half_n + (x >= 0 and shift > 0), with
         # half_n = 2^(shift-1) - 1 (0 for shift 0) and the last term the adder's carry in.
-        half_n = [Signal(XM + 1, name=f"half_n{j}") for j in range(C)]
-        rounds = [Signal(name=f"rounds{j}") for j in range(C)]            # shift > 0
+        half_n = [Reg(XM + 1, name=f"half_n{j}") for j in range(C)]
+        rounds = [Reg(1, name=f"rounds{j}") for j in range(C)]            # shift > 0
         # Edge S + 1: the raw fields; edge S + 2: the capped shift and the rounding constant,
         # bits of one thermometer code ``shift > c`` (no carry chains).
         prm_load2 = Signal()
@@ -242,10 +247,10 @@ class StoreUnit(wiring.Component):
         # the clamp thresholds on y, ``lo_th = max(lo - z, 0 if relu)`` and ``hi_th = hi - z``,
         # and the value stored below lo_th, ``lo_q = clamp(lo_th + z)`` (``lo``, or
         # ``clamp(z)`` with ReLU), so that the clamp stage needs no add before its compares.
-        zero = [Signal(signed(10), name=f"zero{j}") for j in range(C)]
-        lo_th = [Signal(signed(10), name=f"lo_th{j}") for j in range(C)]
-        hi_th = [Signal(signed(10), name=f"hi_th{j}") for j in range(C)]
-        lo_q = [Signal(8, name=f"lo_q{j}") for j in range(C)]
+        zero = [Reg(signed(10), name=f"zero{j}") for j in range(C)]
+        lo_th = [Reg(signed(10), name=f"lo_th{j}") for j in range(C)]
+        hi_th = [Reg(signed(10), name=f"hi_th{j}") for j in range(C)]
+        lo_q = [Reg(8, name=f"lo_q{j}") for j in range(C)]
         with m.If(prm_load):
             for j in range(C):
                 zb = self.prm_data[j * 64 + 56:(j + 1) * 64]
@@ -284,17 +289,17 @@ class StoreUnit(wiring.Component):
         # multiplier, shifter or comparator between registers. Stage 6 shifts only the Y
         # bits the clamp can use (a log shifter that drops what later levels cannot bring
         # down) and flags t >> shift beyond Y signed bits; stage 7 saturates on the flag.
-        y = Signal(L)
+        y = Reg(L, name="y")
         for j in range(C):
-            a = Signal(signed(acc_w), name=f"a{j}")              # 1: memory output
-            sb = Signal(signed(33), name=f"sb{j}")               # 2: acc + bias
-            p_lo = Signal(17 + MULT_BITS, name=f"p_lo{j}")       # 3: partial products
-            p_hi = Signal(signed(17 + MULT_BITS), name=f"p_hi{j}")
-            x = Signal(signed(XM + 1), name=f"x{j}")             # 4: (acc + bias) * mult
-            t = Signal(signed(XM + 2), name=f"t{j}")             # 5: + half - (x < 0)
-            r = Signal(signed(Y), name=f"r{j}")                  # 6: (t >> shift)[:Y]
-            ovf = Signal(name=f"ovf{j}")                         #    it needs more bits
-            neg = Signal(name=f"neg{j}")                         #    t < 0
+            a = Reg(signed(acc_w), name=f"a{j}")              # 1: memory output
+            sb = Reg(signed(33), name=f"sb{j}")               # 2: acc + bias
+            p_lo = Reg(17 + MULT_BITS, name=f"p_lo{j}")       # 3: partial products
+            p_hi = Reg(signed(17 + MULT_BITS), name=f"p_hi{j}")
+            x = Reg(signed(XM + 1), name=f"x{j}")             # 4: (acc + bias) * mult
+            t = Reg(signed(XM + 2), name=f"t{j}")             # 5: + half - (x < 0)
+            r = Reg(signed(Y), name=f"r{j}")                  # 6: (t >> shift)[:Y]
+            ovf = Reg(1, name=f"ovf{j}")                      #    it needs more bits
+            neg = Reg(1, name=f"neg{j}")                      #    t < 0
             c = Signal(8, name=f"c{j}")                          # 7: ReLU, + z, clamp
             with m.If(ovf):
                 m.d.comb += c.eq(Mux(neg, lo_q[j], hi[:8]))
