@@ -100,9 +100,10 @@ class ScanWrapper(Elaboratable):
         m.d.por += por.eq(por >> 1)
         rst = por[0]
         if getattr(platform, "family", None) == "ecp5":
-            # The reset reaches nearly every flip-flop. On general routing it was the
-            # critical path of a 16x16 build (21.6 ns from one register to the far corner);
-            # a DCCA puts it on a global network (nextpnr promotes only clocks by itself).
+            # The reset reaches the control flip-flops of every unit, all over the die. On
+            # general routing it was the critical path of a 16x16 build (21.6 ns from one
+            # register to the far corner, when it also reached every datapath register); a
+            # DCCA puts it on a global network (nextpnr promotes only clocks by itself).
             rst = Signal(name="rst_global")
             m.submodules.rst_buf = Instance("DCCA", i_CLKI=por[0], i_CE=1, o_CLKO=rst)
         m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk),
