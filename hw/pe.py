@@ -147,35 +147,29 @@ class SystolicArray(wiring.Component):
                 m.d.sync += [a_d.eq(a), s_d.eq(sel)]
                 a, sel = a_d, s_d
             m.d.comb += [pes[i][0].a_in.eq(a), pes[i][0].sel_in.eq(sel)]
-        if T == 0:
-            for j in range(C):
-                p = pes[R - 1][j].p_out
-                for d in range(C - 1 - j):
-                    p_d = Signal(signed(pw), name=f"deskew{j}_{d}", reset_less=True)
-                    m.d.sync += p_d.eq(p)
-                    p = p_d
-                m.d.comb += self.p[j].eq(p)
-            return m
-        # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors. A mask
-        # bit, registered with the products, keeps those with the bank select of the vector
-        # in the last column; L tree stages of at most DW_TREE_FANIN inputs sum them, so the
-        # sum for vector t is ready at t + rows + i + L, when column i's sum delayed by
-        # L - 1 registers is, and enters column i's de-skew chain in its place.
-        row_sum = [self._row_tree(m, i, pes[i][C - T:], pw, L) for i in range(R)]
-        # The mode bit of vector t, delayed to t + rows + j + L for lane j.
-        dw_d = [self.dw]
-        for d in range(R + C + L - 1):
-            s_d = Signal(name=f"dw_d{d + 1}", reset_less=True)
-            m.d.sync += s_d.eq(dw_d[-1])
-            dw_d.append(s_d)
+        if T:
+            # Depthwise row sums: row i's last T PEs hold lane i of T consecutive vectors. A
+            # mask bit, registered with the products, keeps those with the bank select of the
+            # vector in the last column; L tree stages of at most DW_TREE_FANIN inputs sum
+            # them, so the sum for vector t is ready at t + rows + i + L, when column i's sum
+            # delayed by L - 1 registers is, and enters column i's de-skew chain in its place.
+            row_sum = [self._row_tree(m, i, pes[i][C - T:], pw, L) for i in range(R)]
+            # The mode bit of vector t, delayed to t + rows + j + L for lane j.
+            dw_d = [self.dw]
+            for d in range(R + C + L - 1):
+                s_d = Signal(name=f"dw_d{d + 1}", reset_less=True)
+                m.d.sync += s_d.eq(dw_d[-1])
+                dw_d.append(s_d)
         for j in range(C):
-            col = pes[R - 1][j].p_out
-            for d in range(L - 1):
-                c_d = Signal(signed(pw), name=f"col{j}_d{d + 1}", reset_less=True)
-                m.d.sync += c_d.eq(col)
-                col = c_d
-            p = Signal(signed(pw), name=f"lane{j}")
-            m.d.comb += p.eq(Mux(dw_d[R + j + L], row_sum[j], col))
+            p = pes[R - 1][j].p_out
+            if T:
+                for d in range(L - 1):
+                    c_d = Signal(signed(pw), name=f"col{j}_d{d + 1}", reset_less=True)
+                    m.d.sync += c_d.eq(p)
+                    p = c_d
+                lane = Signal(signed(pw), name=f"lane{j}")
+                m.d.comb += lane.eq(Mux(dw_d[R + j + L], row_sum[j], p))
+                p = lane
             for d in range(C - 1 - j):
                 p_d = Signal(signed(pw), name=f"deskew{j}_{d}", reset_less=True)
                 m.d.sync += p_d.eq(p)

@@ -656,6 +656,13 @@ def test_progress_bar():
 
 # -- network workloads: zoo models and ONNX files ----------------------------------------------
 
+def _sweep_rows(tmp_path, text: str, name: str) -> list[dict]:
+    """Run the spec ``text`` on one worker; its points.csv rows."""
+    spec = write_spec(tmp_path, text, name)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
+    return read_csv(tmp_path / "out" / "points.csv")
+
+
 def test_zoo_workload_varies_the_depthwise_taps(tmp_path):
     """DS-CNN from the zoo on 16x16 with 16, 3 and no depthwise FIR taps: every point equals
     the graph's integer model (checked in the worker), and fewer taps cost cycles and save
@@ -663,7 +670,7 @@ def test_zoo_workload_varies_the_depthwise_taps(tmp_path):
     from lowbit.compiler import compile_network, pack_inputs, zoo
     from lowbit.executors import run
 
-    spec = write_spec(tmp_path, """
+    rows = _sweep_rows(tmp_path, """
 base = "default"
 [vary]
 dw_taps = [16, 3, 0]
@@ -671,8 +678,6 @@ dw_taps = [16, 3, 0]
 kind = "zoo"
 model = "ds_cnn"
 """, "zoo.toml")
-    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
-    rows = read_csv(tmp_path / "out" / "points.csv")
     assert [(r["dw_taps"], r["status"], r["verified"]) for r in rows] == [
         ("16", "ok", "1"), ("3", "ok", "1"), ("0", "ok", "1")]
     cycles = [int(r["cycles"]) for r in rows]
@@ -714,7 +719,7 @@ def test_onnx_workload_compiles_the_file_per_point(tmp_path):
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [4, 12])], inits)
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
     (tmp_path / "mm.onnx").write_bytes(model.SerializeToString())
-    spec = write_spec(tmp_path, """
+    rows = _sweep_rows(tmp_path, """
 base = "tiny"
 [vary]
 weight_bits = [4, 8, 2]
@@ -722,8 +727,6 @@ weight_bits = [4, 8, 2]
 kind = "onnx"
 path = "mm.onnx"
 """, "onnx.toml")
-    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
-    rows = read_csv(tmp_path / "out" / "points.csv")
     assert [(r["weight_bits"], r["status"]) for r in rows] == [
         ("4", "ok"), ("8", "ok"), ("2", "error")]
     assert rows[0]["workload"] == "onnx-mm"

@@ -520,6 +520,17 @@ def _bool_key(key: str, table: dict, name: str) -> bool:
     return value
 
 
+def _file_key(key: str, table: dict, base_dir: Path, what: str) -> tuple[str, Path, bytes]:
+    """A workload's ``path`` (relative to the spec's folder): as given, resolved, its bytes."""
+    path = table.get("path")
+    if not isinstance(path, str) or not path:
+        _fail(f"{key}.path", path, f"the path of a {what}")
+    full = Path(path) if Path(path).is_absolute() else base_dir / path
+    if not full.is_file():
+        _fail(f"{key}.path", path, f"an existing {what}")
+    return path, full, full.read_bytes()
+
+
 def _parse_workloads(value, base_dir: Path) -> tuple[Workload, ...]:
     if value is None:
         raise SweepSpecError("workload is missing; add at least one [[workload]] table with "
@@ -576,15 +587,9 @@ def _parse_workloads(value, base_dir: Path) -> tuple[Workload, ...]:
             if not isinstance(wl.host_im2col, bool):
                 _fail(f"{key}.host_im2col", wl.host_im2col, "true or false")
         elif kind == "onnx":
-            path = table.get("path")
-            if not isinstance(path, str) or not path:
-                _fail(f"{key}.path", path, "the path of a quantized ONNX or QONNX file")
-            full = Path(path) if Path(path).is_absolute() else base_dir / path
-            if not full.is_file():
-                _fail(f"{key}.path", path, "an existing quantized ONNX or QONNX file")
+            path, full, data = _file_key(key, table, base_dir, "quantized ONNX or QONNX file")
             from lowbit.compiler.onnx_import import import_onnx
 
-            data = full.read_bytes()
             try:
                 import_onnx(data)
             except ValueError as exc:
@@ -595,15 +600,9 @@ def _parse_workloads(value, base_dir: Path) -> tuple[Workload, ...]:
             if not isinstance(wl.host_im2col, bool):
                 _fail(f"{key}.host_im2col", wl.host_im2col, "true or false")
         else:
-            path = table.get("path")
-            if not isinstance(path, str) or not path:
-                _fail(f"{key}.path", path, "the path of a program file (.lbp)")
-            full = Path(path) if Path(path).is_absolute() else base_dir / path
-            if not full.is_file():
-                _fail(f"{key}.path", path, "an existing program file (.lbp)")
+            path, full, data = _file_key(key, table, base_dir, "program file (.lbp)")
             from lowbit.program import Program, ProgramError
 
-            data = full.read_bytes()
             try:
                 Program.from_bytes(data, source=f"program {path!r}")
             except ProgramError as exc:
