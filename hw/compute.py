@@ -21,7 +21,8 @@ class ComputeUnit(wiring.Component):
       weight tile's ``weight_tile_beats`` words, one per cycle, into a shift chain.
     * **S** (stream) takes over from P when the chain is full, S is on its last row or idle,
       and the weight bank the tile goes to has drained; at that edge the chain is committed
-      to the bank. S reads one activation line per cycle (``rows`` of them, plus
+      to the bank (the array writes it on the next edge: the enable crosses the array
+      through one register per PE row). S reads one activation line per cycle (``rows`` of them, plus
       ``dw_reach`` more for a ``depthwise`` COMPUTE, whose last results need the lines
       after them; those extra lines produce no result); a SYNC occupies S for one cycle.
       With ``reduce`` every row's result goes to ``acc_addr`` and the rows after the first
@@ -173,9 +174,11 @@ class ComputeUnit(wiring.Component):
                 s_push_prev.eq(p_push_prev), s_push_next.eq(p_push_next),
             ]
             with m.If(~p_sync):
-                m.d.comb += [array.w_load.eq(1), array.w_bank.eq(next_bank),
-                             array.w_tile.eq(chain)]
+                m.d.comb += [array.w_load.eq(1), array.w_bank.eq(next_bank)]
                 m.d.sync += [bank.eq(next_bank), next_bank.eq(~next_bank)]
+        # The array writes the tile on the edge after w_load; the chain holds it until P's
+        # next tile shifts in (two edges after the handoff at the earliest).
+        m.d.comb += array.w_tile.eq(chain)
 
         # Activation read and feed (``feed`` = 2 cycles to the array input).
         m.d.comb += [self.act_en.eq(issuing & ~s_sync), self.act_addr.eq(s_act)]

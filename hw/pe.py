@@ -87,9 +87,12 @@ class SystolicArray(wiring.Component):
     ``acc_bits`` accumulators then) and sign-extend to ``acc_bits`` at ``p``.
 
     ``w_load`` writes the whole tile ``w_tile`` (element ``(i, j)`` at bits
-    ``[(i*cols+j)*wb, +wb)``) into bank ``w_bank`` of every PE at once. A bank may be
-    rewritten on the cycle after the last vector that uses it entered plus
-    ``rows + cols - 2`` cycles (:attr:`drain`).
+    ``[(i*cols+j)*wb, +wb)``) into bank ``w_bank`` of every PE at once, one edge later:
+    ``w_load`` and ``w_bank`` are registered once per PE row (so the enable's fanout is one
+    row, not the array), and ``w_tile`` must hold its value for the cycle after ``w_load``.
+    A vector that uses the new tile may enter from the second cycle after ``w_load`` on.
+    ``w_load`` for a bank may be asserted on the cycle after the last vector that uses the
+    bank's old tile entered plus ``rows + cols - 2`` cycles (:attr:`drain`).
     """
 
     def __init__(self, *, rows: int, cols: int, weight_bits: int, acc_bits: int,
@@ -129,11 +132,14 @@ class SystolicArray(wiring.Component):
         L = dw_tree_stages(T)
         pes = [[PE(weight_bits=wb, psum_bits=pw) for _ in range(C)] for _ in range(R)]
         for i in range(R):
+            load_q = Signal(name=f"w_load_q{i}")
+            bank_q = Signal(name=f"w_bank_q{i}", reset_less=True)
+            m.d.sync += [load_q.eq(self.w_load), bank_q.eq(self.w_bank)]
             for j in range(C):
                 pe = pes[i][j]
                 m.submodules[f"pe_{i}_{j}"] = pe
                 k = (i * C + j) * wb
-                m.d.comb += [pe.w_load.eq(self.w_load), pe.w_bank.eq(self.w_bank),
+                m.d.comb += [pe.w_load.eq(load_q), pe.w_bank.eq(bank_q),
                              pe.w_data.eq(self.w_tile[k:k + wb])]
                 if j > 0:
                     m.d.comb += [pe.a_in.eq(pes[i][j - 1].a_out),
