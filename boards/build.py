@@ -16,7 +16,10 @@ compares it with ``cfg.clock_mhz``. For Xilinx boards it writes a ready Vivado p
   the RTLIL). If they all fit, yosys maps all of them; if not, on ECP5 the units' wide
   multipliers (store, compute scaling) and as many whole PE rows as fit go to DSPs and the
   rest to LUTs; on iCE40 and Xilinx all go to LUTs. If synthesis still uses too many DSPs,
-  PE rows (then all multipliers) move to LUTs and it synthesizes again.
+  PE rows (then all multipliers) move to LUTs and it synthesizes again. On ECP5 the design
+  is then elaborated again with that choice (:class:`~lowbit.hw.mul.DspChoice`): the
+  registered products given a DSP become MULT18X18D instances with their own input and
+  output registers on, which yosys' ECP5 mapping would leave unused.
 * **Deterministic and cached.** nextpnr runs with a fixed seed. Each build lives in
   ``out_dir/<board>/<config name>[-<top>]/`` with a ``report.json`` (written atomically);
   a later build of the same config, board, top and options returns it without running
@@ -243,6 +246,27 @@ def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) 
     soft = [m for m in costs if m not in chosen]
     return DspPlan("partial", chosen, pe_rows=n_rows, rows=len(rows), estimate=used, soft=soft,
                    pe_extra=extra)
+
+
+def _dsp_choice(board: Board, cfg: AccelConfig, plan: DspPlan):
+    """The :class:`~lowbit.hw.mul.DspChoice` an ECP5 elaboration builds ``plan`` with (empty:
+    plain multipliers, for the other families and when nothing goes to a DSP)."""
+    from lowbit.hw.mul import DspChoice
+
+    if board.family != "ecp5" or plan.mode == "none":
+        return DspChoice()
+    if plan.mode == "all":
+        return DspChoice(units=frozenset({"compute", "store"}),
+                         pes=frozenset((i, j) for i in range(cfg.rows)
+                                       for j in range(cfg.cols)))
+    pes, units = set(), set()
+    for module in plan.modules:
+        m = _PE_MODULE.search(module)
+        if m:
+            pes.add((int(m.group(1)), int(m.group(2))))
+        else:
+            units.add(module.rsplit(".", 1)[-1])
+    return DspChoice(units=frozenset(units), pes=frozenset(pes))
 
 
 def _pe_column(module: str) -> int:
@@ -512,7 +536,18 @@ def _synth_script(board: Board, plan: DspPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _synthesize(board: Board, bdir: Path, plan: DspPlan, timeout, say) -> Usage:
+def _synthesize(board: Board, cfg: AccelConfig, platform, elab, bdir: Path, plan: DspPlan,
+                timeout, say) -> Usage:
+    from lowbit.hw.mul import DspChoice
+
+    choice = _dsp_choice(board, cfg, plan)
+    if choice != getattr(platform, "lowbit_extracted", DspChoice()):
+        # Elaborate again (a platform builds once: on a fresh one of the same class): the
+        # products given a DSP become MULT18X18D instances.
+        fresh = type(platform)()
+        fresh.lowbit_dsp = choice
+        fresh.build(elab, name=NAME, do_build=False).extract(bdir)
+        platform.lowbit_extracted = choice
     (bdir / "synth.ys").write_text(_synth_script(board, plan))
     shutil.copyfile(SOFTMUL, bdir / SOFTMUL.name)     # yosys (WASI) sees the build folder only
     say(f"{board.name}: yosys synth_{board.family} (DSPs: {plan.describe()})")
@@ -529,7 +564,7 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, r
     t = time.monotonic()
     platform.build(elab, name=NAME, do_build=False).extract(bdir)
     plan = _plan_dsps(board, (bdir / f"{NAME}.il").read_text(), dsp, budget)
-    synth = _synthesize(board, bdir, plan, timeout, say)
+    synth = _synthesize(board, cfg, platform, elab, bdir, plan, timeout, say)
     # The DSP count per multiplier is an estimate: if synthesis used too many, move PE rows
     # (or, failing that, every multiplier) to LUTs and synthesize again.
     for _attempt in range(2):
@@ -541,7 +576,7 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, r
             plan = DspPlan("none", [])
         say(f"{board.name}: {synth.dsps} {board.resources.dsp_unit} > {budget}: "
             f"synthesizing again (DSPs: {plan.describe()})")
-        synth = _synthesize(board, bdir, plan, timeout, say)
+        synth = _synthesize(board, cfg, platform, elab, bdir, plan, timeout, say)
     seconds["synth"] = time.monotonic() - t
     report.dsp_mapping = plan.describe()
     if synth.overflows(board):

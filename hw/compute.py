@@ -9,6 +9,7 @@ from lowbit.isa import Opcode
 from lowbit.timing import compute_timing
 
 from .decode import TokenPort, field, opcode_of
+from .mul import dsp_choice, product_register
 from .pe import SystolicArray
 
 __all__ = ["ComputeUnit"]
@@ -22,9 +23,10 @@ class ComputeUnit(wiring.Component):
     * **S** (stream) takes over from P when the chain is full, S is on its last row or idle,
       and the weight bank the tile goes to has drained; at that edge the chain is committed
       to the bank (the array writes it on the next edge: the enable crosses the array
-      through one register per PE row). S reads one activation line per cycle (``rows`` of them, plus
-      ``dw_reach`` more for a ``depthwise`` COMPUTE, whose last results need the lines
-      after them; those extra lines produce no result); a SYNC occupies S for one cycle.
+      through one register per PE row). S reads one activation line per cycle (``rows`` of
+      them, plus ``dw_reach`` more for a ``depthwise`` COMPUTE, whose last results need the
+      lines after them; those extra lines produce no result); a SYNC occupies S for one
+      cycle.
       With ``reduce`` every row's result goes to ``acc_addr`` and the rows after the first
       accumulate (sum or maximum): a row sees the value the row before it writes (the
       accumulator port is transparent, and the line read is bypassed by the write one edge
@@ -228,13 +230,15 @@ class ComputeUnit(wiring.Component):
         scl, rd, cur, wr = stages[D - 2], stages[D - 2], stages[D - 1], stages[D]
         aw = cfg.acc_bits
         # Data registers without reset (qualified by the valid bits above).
-        p_in = [Signal.like(array.p[j], name=f"p_in{j}", reset_less=True) for j in range(C)]
-        mul_in = Signal(9, reset_less=True)
         scaled = [Signal(signed(aw), name=f"scaled{j}", reset_less=True) for j in range(C)]
         old_q = [Signal(signed(aw), name=f"old_q{j}", reset_less=True) for j in range(C)]
-        m.d.sync += mul_in.eq(scl["mul"] + 1)
+        dsp = "compute" in dsp_choice(platform).units
+        pw = array.psum_bits
         for j in range(C):
-            m.d.sync += [p_in[j].eq(array.p[j]), scaled[j].eq(p_in[j] * mul_in)]
+            # The array's result (a sign-extended psum_bits value) and the factor are
+            # registered, then their product: on an ECP5 DSP, its input and output registers.
+            product_register(m, a=array.p[j][:pw].as_signed(), b=scl["mul"] + 1, p=scaled[j],
+                             input_regs=True, dsp=dsp, name=f"scale{j}")
         m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
         m.d.comb += [self.acc_wr_en.eq(wr["valid"]), self.acc_wr_addr.eq(wr["addr"])]
         forward = Signal()

@@ -6,6 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from lowbit.timing import DW_TREE_FANIN, array_latency, dw_tree_stages
 
+from .mul import dsp_choice, product_register
+
 __all__ = ["ACT_WIDTH", "PE", "SystolicArray", "psum_width"]
 
 #: Activations enter the array as 9-bit signed values: int8 sign-extended or uint8
@@ -25,14 +27,14 @@ class PE(wiring.Component):
     Each cycle: ``prod <= a_in * w[sel_in]``, ``p_out <= p_in + prod`` (wrapping at
     ``psum_bits``), ``a_out <= a_in``, ``sel_out <= sel_in``: latency 1 from ``p_in``,
     ``a_in`` and ``sel_in`` to their outputs, 2 from ``a_in`` to ``p_out`` (the product is
-    registered, so no adder follows the multiplier in one cycle; a DSP block could take it
-    as its output register, which yosys' ECP5 mapping does not do: docs/boards.md).
+    registered, so no adder follows the multiplier in one cycle; with ``dsp`` it is a
+    MULT18X18D's output register: :func:`~lowbit.hw.mul.product_register`).
     ``w_load`` writes ``w_data`` into bank ``w_bank`` at the clock edge; the other bank
     keeps serving.
     """
 
-    def __init__(self, *, weight_bits: int, psum_bits: int):
-        self.weight_bits, self.psum_bits = weight_bits, psum_bits
+    def __init__(self, *, weight_bits: int, psum_bits: int, dsp: bool = False):
+        self.weight_bits, self.psum_bits, self.dsp = weight_bits, psum_bits, dsp
         super().__init__({
             "a_in": In(signed(ACT_WIDTH)), "sel_in": In(1), "p_in": In(signed(psum_bits)),
             "a_out": Out(signed(ACT_WIDTH)), "sel_out": Out(1), "p_out": Out(signed(psum_bits)),
@@ -53,8 +55,12 @@ class PE(wiring.Component):
         p_q = Signal.like(self.p_out, name="p_q", reset_less=True)
         with m.If(self.w_load):
             m.d.sync += banks[self.w_bank].eq(self.w_data)
-        m.d.sync += [prod.eq(self.a_in * banks[self.sel_in]), a_q.eq(self.a_in),
-                     sel_q.eq(self.sel_in), p_q.eq(self.p_in + prod)]
+        w = Signal(signed(self.weight_bits), name="w_sel")
+        m.d.comb += w.eq(banks[self.sel_in])
+        # On an ECP5 DSP (``dsp``) the product register is the MULT18X18D's output register.
+        product_register(m, a=self.a_in, b=w, p=prod, input_regs=False, dsp=self.dsp,
+                         name="mul")
+        m.d.sync += [a_q.eq(self.a_in), sel_q.eq(self.sel_in), p_q.eq(self.p_in + prod)]
         m.d.comb += [self.prod.eq(prod), self.a_out.eq(a_q), self.sel_out.eq(sel_q),
                      self.p_out.eq(p_q)]
         return m
@@ -130,7 +136,9 @@ class SystolicArray(wiring.Component):
         pw = self.psum_bits
         T = self.dw_taps
         L = dw_tree_stages(T)
-        pes = [[PE(weight_bits=wb, psum_bits=pw) for _ in range(C)] for _ in range(R)]
+        dsp = dsp_choice(platform)
+        pes = [[PE(weight_bits=wb, psum_bits=pw, dsp=dsp.pe(i, j)) for j in range(C)]
+               for i in range(R)]
         for i in range(R):
             load_q = Signal(name=f"w_load_q{i}")
             bank_q = Signal(name=f"w_bank_q{i}", reset_less=True)

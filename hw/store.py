@@ -17,6 +17,7 @@ from lowbit.timing import STORE_INFLIGHT, STORE_STAGES
 from .axi import BURST_INCR, AXI4WriteSignature
 from .decode import TokenPort, field, opcode_of
 from .load import burst_len
+from .mul import dsp_choice, product_register
 
 __all__ = ["CLAMP_BITS", "StoreUnit"]
 
@@ -290,6 +291,7 @@ class StoreUnit(wiring.Component):
         # bits the clamp can use (a log shifter that drops what later levels cannot bring
         # down) and flags t >> shift beyond Y signed bits; stage 7 saturates on the flag.
         y = Reg(L, name="y")
+        dsp = "store" in dsp_choice(platform).units
         for j in range(C):
             a = Reg(signed(acc_w), name=f"a{j}")              # 1: memory output
             sb = Reg(signed(33), name=f"sb{j}")               # 2: acc + bias
@@ -314,6 +316,11 @@ class StoreUnit(wiring.Component):
             above = Cat(rounds[j], half_n[j])
             high = Cat(*(~above[i - Y + 1] if i >= Y - 1 else Const(0, 1)
                          for i in range(XM + 2)))
+            # 3: the partial products (on an ECP5 DSP, in its output register)
+            product_register(m, a=sb[:17], b=mult[j], p=p_lo, en=adv, input_regs=False,
+                             dsp=dsp, name=f"mul_lo{j}")
+            product_register(m, a=sb[17:].as_signed(), b=mult[j], p=p_hi, en=adv,
+                             input_regs=False, dsp=dsp, name=f"mul_hi{j}")
             shifted = t
             for k in reversed(range(len(shift[j]))):
                 # after this level the shift left to do is below 2^k: keep Y + 2^k - 1 bits
@@ -323,8 +330,6 @@ class StoreUnit(wiring.Component):
                 m.d.sync += [
                     a.eq(self.acc_data[j * acc_w:(j + 1) * acc_w].as_signed()),
                     sb.eq(a + bias[j]),
-                    p_lo.eq(sb[:17] * mult[j]),
-                    p_hi.eq(sb[17:].as_signed() * mult[j]),
                     x.eq((p_hi << 17) + p_lo),
                     t.eq(x + half_n[j] + (rounds[j] & ~x[-1])),
                     r.eq(shifted[:Y]),

@@ -34,6 +34,7 @@ from lowbit.boards.build import (
     _critical_path,
     _critical_sources,
     _drop_pe_rows,
+    _dsp_choice,
     _log_utilisation,
     _mul_cells,
     _plan_dsps,
@@ -50,6 +51,7 @@ from lowbit.boards.estimate import (
 from lowbit.boards.pynq_z2 import PynqZ2Platform
 from lowbit.cli import main
 from lowbit.config import PRESETS, AccelConfig
+from lowbit.hw.mul import DspChoice
 
 #: The smallest config: 2x2 PEs, 2-bit weights, 16-bit accumulators, tiny memories.
 TINY = AccelConfig(rows=2, cols=2, weight_bits=2, act_bits=8, acc_bits=16, act_depth=16,
@@ -260,6 +262,21 @@ def test_dsp_plan():
     assert _plan_dsps(ice40, RTLIL, "auto").mode == "none"     # no partial mapping on iCE40
 
 
+def test_dsp_choice_follows_the_plan():
+    """What an ECP5 elaboration builds as MULT18X18D instances is what the plan gives DSPs."""
+    ecp5, ice40 = get_board("ulx3s-85f"), get_board("icebreaker")
+    cfg = AccelConfig(rows=4, cols=4)
+    plan = _plan_dsps(ecp5, RTLIL, "auto", 26)
+    assert _dsp_choice(ecp5, cfg, plan) == DspChoice(
+        units=frozenset({"store", "compute"}),
+        pes=frozenset({(i, j) for i in (0, 1) for j in range(4)} | {(2, 0), (2, 1)}))
+    assert _dsp_choice(ecp5, cfg, _plan_dsps(ecp5, RTLIL, "auto", 15)).units == {"store"}
+    every = _dsp_choice(ecp5, cfg, _plan_dsps(ecp5, RTLIL, "auto"))
+    assert every.units == {"store", "compute"} and len(every.pes) == 16 and every.pe(3, 3)
+    assert _dsp_choice(ecp5, cfg, _plan_dsps(ecp5, RTLIL, "off")) == DspChoice()
+    assert _dsp_choice(ice40, cfg, _plan_dsps(ice40, RTLIL, "on")) == DspChoice()
+
+
 # -- fit errors before any tool runs --------------------------------------------------------
 
 def test_16x16_on_ice40_fails_before_synthesis(tmp_path):
@@ -377,9 +394,24 @@ def test_ecp5_place_and_route(yowasp, out):
     assert report.resources["dsps"]["unit"] == "MULT18X18D"
     assert report.seconds["total"] < 60
     assert report.router == "router1"   # auto: a small design
+    # Each PE's product register is its MULT18X18D's output register (no input registers).
+    cells = json.loads((Path(report.build_dir) / "lowbit_build.json").read_text())
+    dsps = [c for mod in cells["modules"].values() for c in mod["cells"].values()
+            if c["type"] == "MULT18X18D"]
+    assert len(dsps) == TINY.pes
+    for c in dsps:
+        params = {k: _param_text(v) for k, v in c["parameters"].items()}
+        assert (params["REG_OUTPUT_CLK"], params["REG_INPUTA_CLK"]) == ("CLK0", "NONE")
     # The wrapper's reset is on a global network: two DCCAs (clock and reset).
     log = (Path(report.build_dir) / "nextpnr.log").read_text()
     assert re.search(r"DCCA:\s+2/", log), "reset not on a global network"
+
+
+def _param_text(value: str) -> str:
+    """A yosys JSON string parameter (plain, or bits of 8-bit characters)."""
+    if set(value) <= {"0", "1"} and len(value) % 8 == 0 and len(value) > 8:
+        return bytes(int(value[k:k + 8], 2) for k in range(0, len(value), 8)).decode()
+    return value.rstrip()
 
 
 def test_ecp5_router2(yowasp, out):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from amaranth import Module, Signal, unsigned
+from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal, signed, unsigned
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
@@ -11,6 +11,7 @@ from lowbit.config import AccelConfig
 from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit
+from lowbit.hw.mul import fits_dsp, mult18x18d_ports, product_register
 from lowbit.hw.pe import PE, SystolicArray
 from lowbit.hw.store import StoreUnit
 from lowbit.layout import param_zero, requantize
@@ -465,3 +466,101 @@ def test_store_unit_requantizes_under_backpressure(cols, bus):
     starts_before_end = [sum(1 for g in store_gives[:k] if g >= store_gives[k] - 40)
                          for k in range(len(store_gives))]
     assert max(starts_before_end) >= 1
+
+
+class _Mult18x18dModel(Elaboratable):
+    """MULT18X18D (Lattice sysDSP, as FPGA-TN-02205 describes it) for the subset the
+    generator uses, built from the ``Instance`` keywords: A and B registered on CLK0 with
+    CE0 when their REG_INPUT*_CLK is CLK0, multiplied as signed 18-bit values (SIGNEDA/B
+    high), the 36-bit product registered on CLK0 with CE0 when REG_OUTPUT_CLK is CLK0."""
+
+    def __init__(self, kw):
+        self.kw = kw
+
+    def elaborate(self, platform):
+        kw, m = self.kw, Module()
+        assert kw["p_REG_PIPELINE_CLK"] == "NONE" and kw["p_REG_INPUTC_CLK"] == "NONE"
+        assert str(kw["i_CLK0"]) == str(ClockSignal("sync"))
+        for const, want in (("i_RST0", 0), ("i_SIGNEDA", 1), ("i_SIGNEDB", 1),
+                            ("i_SOURCEA", 0), ("i_SOURCEB", 0)):
+            assert kw[const].value == want, const
+        assert all(kw[f"i_C{k}"].value == 0 for k in range(18))
+        for reg in ("INPUTA", "INPUTB", "OUTPUT"):     # every register on CE0 and RST0
+            assert (kw[f"p_REG_{reg}_CE"], kw[f"p_REG_{reg}_RST"]) == ("CE0", "RST0")
+        ce = kw["i_CE0"]
+
+        def operand(name):
+            v = Signal(signed(18), name=f"{name}_in")
+            m.d.comb += v.eq(Cat(*(kw[f"i_{name}{k}"] for k in range(18))))
+            if kw[f"p_REG_INPUT{name}_CLK"] == "NONE":
+                return v
+            assert kw[f"p_REG_INPUT{name}_CLK"] == "CLK0"
+            q = Signal(signed(18), name=f"{name}_q")
+            with m.If(ce):
+                m.d.sync += q.eq(v)
+            return q
+
+        prod = Signal(signed(36))
+        m.d.comb += prod.eq(operand("A") * operand("B"))
+        assert kw["p_REG_OUTPUT_CLK"] == "CLK0"
+        out = Signal(signed(36))
+        with m.If(ce):
+            m.d.sync += out.eq(prod)
+        for k in range(36):
+            if f"o_P{k}" in kw:
+                m.d.comb += kw[f"o_P{k}"].eq(out[k])
+        return m
+
+
+@pytest.mark.parametrize("a_shape,b_shape,p_shape,input_regs,use_en", [
+    (signed(9), signed(4), signed(13), False, False),       # a PE's product
+    (signed(17), unsigned(9), signed(32), True, False),     # the compute unit's scaling
+    (unsigned(17), unsigned(16), unsigned(33), False, True),    # the store's partial products
+    (signed(16), unsigned(16), signed(33), False, True),
+    (signed(18), signed(18), signed(36), True, True),       # the widest operands
+    (unsigned(5), signed(7), signed(16), True, True),
+])
+def test_product_register_on_a_dsp_equals_the_logic(a_shape, b_shape, p_shape, input_regs,
+                                                     use_en):
+    """product_register's logic and its MULT18X18D (the instance keywords driving a model of
+    the primitive) hold the product a * b of the operands of the enabled edge(s) before,
+    low bits of it, cycle by cycle with random operands and enable."""
+    m = Module()
+    a, b, en = Signal(a_shape), Signal(b_shape), Signal()
+    p_logic = Signal(p_shape, reset_less=True)
+    p_dsp = Signal(p_shape, reset_less=True)
+    enable = en if use_en else None
+    product_register(m, a=a, b=b, p=p_logic, en=enable, input_regs=input_regs, dsp=False,
+                     name="logic")
+    assert fits_dsp(a, b)
+    m.submodules.dsp = _Mult18x18dModel(mult18x18d_ports(
+        a=a, b=b, p=p_dsp, en=Const(1, 1) if enable is None else enable,
+        input_regs=input_regs))
+    rng = np.random.default_rng(len(a) * 100 + len(b) + input_regs)
+
+    def draw(shape):
+        lo, hi = (-(1 << (shape.width - 1)), 1 << (shape.width - 1)) if shape.signed \
+            else (0, 1 << shape.width)
+        return int(rng.integers(lo, hi))
+
+    async def tb(ctx):
+        regs_a = regs_b = 0
+        p_model = 0
+        for _ in range(300):
+            x, y, e = draw(a_shape), draw(b_shape), (int(rng.integers(0, 2)) if use_en else 1)
+            ctx.set(a, x)
+            ctx.set(b, y)
+            ctx.set(en, e)
+            await ctx.tick()
+            if e:
+                if input_regs:
+                    p_model, regs_a, regs_b = regs_a * regs_b, x, y
+                else:
+                    p_model = x * y
+            want = p_model & ((1 << p_shape.width) - 1)
+            if p_shape.signed and want >> (p_shape.width - 1):
+                want -= 1 << p_shape.width
+            assert ctx.get(p_logic) == want
+            assert ctx.get(p_dsp) == want
+
+    _run(m, tb)
