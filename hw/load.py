@@ -1,6 +1,8 @@
 """The load unit: a 2-D strided AXI4 read DMA into the scratchpads."""
 
-from amaranth import Cat, Module, Mux, Signal
+from typing import NamedTuple
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -13,20 +15,48 @@ from lowbit.timing import LOAD_BURSTS_OUTSTANDING, LOAD_OUTSTANDING
 from .axi import BURST_INCR, AXI4ReadSignature
 from .decode import TokenPort, field, opcode_of
 
-__all__ = ["LoadUnit", "burst_len"]
+__all__ = ["Burst", "LoadUnit", "next_burst"]
 
 
-def burst_len(m, addr, remaining, *, beat_bytes, max_burst):
-    """Combinational length of the next INCR burst: at most ``max_burst`` beats, at most
-    ``remaining``, never crossing a 4 KiB boundary."""
+class Burst(NamedTuple):
+    """The next INCR burst of a walk at ``addr`` with ``left`` beats to go (:func:`next_burst`).
+    ``len_m1``: its length minus one (AXI ``AxLEN``); ``ends``: it is the walk's last
+    (``left`` fits it); ``addr_next``, ``left_next``: the walk after it (``addr_next`` only
+    when not ``ends``)."""
+
+    len_m1: Value
+    ends: Value
+    addr_next: Value
+    left_next: Value
+
+
+def next_burst(m, addr, left, *, beat_bytes, max_burst) -> Burst:
+    """The next burst of at most ``max_burst`` beats, at most ``left``, never crossing a
+    4 KiB boundary: its length is ``left``, ``max_burst`` or the beats to the boundary.
+
+    Which one is decided by compares made in parallel straight from the registers, and each
+    candidate's length, next address and remaining beats are computed alongside, so one mux
+    level follows them (rather than a minimum of a minimum feeding the address adder)."""
     shift = exact_log2(beat_bytes)
-    to_4k = Signal(range(4096 // beat_bytes + 1))
-    m.d.comb += to_4k.eq((4096 - addr[:12]) >> shift)
-    first = Signal(range(max(max_burst, 4096 // beat_bytes) + 1))
-    out = Signal.like(first)
-    m.d.comb += [first.eq(Mux(remaining < max_burst, remaining, max_burst)),
-                 out.eq(Mux(to_4k < first, to_4k, first))]
-    return out
+    span = 4096 // beat_bytes                    # beats in a 4 KiB page
+    off = addr[shift:12]                         # the burst's first beat in its page
+    to_4k = Signal(range(span + 1))
+    m.d.comb += to_4k.eq(span - off)
+    ends = Signal()
+    by_max = Signal()        # not ends: max_burst beats (else up to the boundary)
+    m.d.comb += [ends.eq((left <= max_burst) & (left <= to_4k)),
+                 by_max.eq(off <= span - max_burst if max_burst <= span else 0)]
+    len_m1 = Signal(range(max(max_burst, span)))
+    addr_next = Signal(len(addr))
+    left_next = Signal(len(left))
+    page_end = Cat(Const(0, 12), addr[12:] + 1)[:len(addr)]
+    m.d.comb += [
+        # to_4k - 1 is the offset's complement
+        len_m1.eq(Mux(ends, left - 1, Mux(by_max, max_burst - 1, ~off))),
+        addr_next.eq(Mux(by_max, addr + max_burst * beat_bytes, page_end)),
+        left_next.eq(Mux(ends, 0, Mux(by_max, left - max_burst, left - to_4k))),
+    ]
+    return Burst(len_m1, ends, addr_next, left_next)
 
 
 class LoadUnit(wiring.Component):
@@ -94,7 +124,7 @@ class LoadUnit(wiring.Component):
             self.axi.arburst.eq(BURST_INCR),
             self.axi.rready.eq(1),
         ]
-        blen = burst_len(m, ar_addr, ar_row_rem, beat_bytes=B, max_burst=cfg.max_burst)
+        burst = next_burst(m, ar_addr, ar_row_rem, beat_bytes=B, max_burst=cfg.max_burst)
 
         pop = field(ins, F, "pop_next")
         is_load = opcode_of(ins) == Opcode.LOAD
@@ -154,9 +184,9 @@ class LoadUnit(wiring.Component):
                     m.d.sync += [
                         self.axi.arvalid.eq(1),
                         self.axi.araddr.eq(ar_addr),
-                        self.axi.arlen.eq(blen - 1),
+                        self.axi.arlen.eq(burst.len_m1),
                     ]
-                    with m.If(blen == ar_row_rem):
+                    with m.If(burst.ends):
                         m.d.sync += [
                             ar_rows_rem.eq(ar_rows_rem - 1),
                             ar_row_base.eq(ar_row_base + stride),
@@ -168,10 +198,8 @@ class LoadUnit(wiring.Component):
                             m.next = "IDLE"
                             take(loads_only=True)
                     with m.Else():
-                        m.d.sync += [
-                            ar_addr.eq(ar_addr + (blen << exact_log2(B))),
-                            ar_row_rem.eq(ar_row_rem - blen),
-                        ]
+                        m.d.sync += [ar_addr.eq(burst.addr_next),
+                                     ar_row_rem.eq(burst.left_next)]
 
         # Data channel: each beat goes where the oldest in-flight LOAD wants it.
         beat = Signal(16)

@@ -16,7 +16,7 @@ from lowbit.timing import STORE_INFLIGHT, STORE_STAGES
 
 from .axi import BURST_INCR, AXI4WriteSignature
 from .decode import TokenPort, field, opcode_of
-from .load import burst_len
+from .load import next_burst
 from .mul import dsp_choice, product_register
 
 __all__ = ["CLAMP_BITS", "StoreUnit"]
@@ -197,14 +197,13 @@ class StoreUnit(wiring.Component):
                 m.d.sync += sync_st.eq(1)
 
         # -- address channel ----------------------------------------------------------------
-        aw_len, aw_ends = _burst(m, aw_addr, aw_left, beat_bytes=B, max_burst=cfg.max_burst)
+        aw_burst = next_burst(m, aw_addr, aw_left, beat_bytes=B, max_burst=cfg.max_burst)
         with m.If(~axi.awvalid | axi.awready):
             with m.If(active & (aw_left != 0)):
                 m.d.sync += [axi.awvalid.eq(1), axi.awaddr.eq(aw_addr),
-                             axi.awlen.eq(aw_len - 1), aw_issued.eq(aw_issued + 1)]
-                _advance(m, next_group=aw_ends & (aw_groups != 0), addr=aw_addr, left=aw_left,
-                         n=aw_len, base=aw_base, groups=aw_groups, pitch=dram_pitch,
-                         group_beats=group_beats, beat_bytes=B)
+                             axi.awlen.eq(aw_burst.len_m1), aw_issued.eq(aw_issued + 1)]
+                _advance(m, burst=aw_burst, addr=aw_addr, left=aw_left, base=aw_base,
+                         groups=aw_groups, pitch=dram_pitch, group_beats=group_beats)
             with m.Else():
                 m.d.sync += axi.awvalid.eq(0)
 
@@ -365,16 +364,16 @@ class StoreUnit(wiring.Component):
                 m.d.sync += [acc_beat.eq(beat >> L), count.eq(count + 1)]
 
         # Output register with burst framing.
-        w_len, w_ends = _burst(m, w_addr, w_left, beat_bytes=B, max_burst=cfg.max_burst)
+        w_burst = next_burst(m, w_addr, w_left, beat_bytes=B, max_burst=cfg.max_burst)
         with m.If(adv):
             m.d.sync += axi.wvalid.eq(beat_valid)
             with m.If(beat_valid):
                 m.d.sync += axi.wdata.eq(beat)
                 with m.If(w_in_burst == 0):
-                    m.d.sync += [axi.wlast.eq(w_len == 1), w_in_burst.eq(w_len - 1)]
-                    _advance(m, next_group=w_ends & (w_groups != 0), addr=w_addr, left=w_left,
-                             n=w_len, base=w_base, groups=w_groups, pitch=dram_pitch,
-                             group_beats=group_beats, beat_bytes=B)
+                    m.d.sync += [axi.wlast.eq(w_burst.len_m1 == 0),
+                                 w_in_burst.eq(w_burst.len_m1)]
+                    _advance(m, burst=w_burst, addr=w_addr, left=w_left, base=w_base,
+                             groups=w_groups, pitch=dram_pitch, group_beats=group_beats)
                 with m.Else():
                     m.d.sync += [axi.wlast.eq(w_in_burst == 1), w_in_burst.eq(w_in_burst - 1)]
         return m
@@ -393,24 +392,13 @@ def _above(v, n):
             for c in range(n)]
 
 
-def _burst(m, addr, left, *, beat_bytes, max_burst):
-    """The next burst's length (:func:`~lowbit.hw.load.burst_len`) and whether it ends the
-    group (``left`` fits it), compared in parallel rather than after the length."""
-    n = burst_len(m, addr, left, beat_bytes=beat_bytes, max_burst=max_burst)
-    to_4k = Signal(range(4096 // beat_bytes + 1))
-    ends = Signal()
-    m.d.comb += [to_4k.eq((4096 - addr[:12]) >> exact_log2(beat_bytes)),
-                 ends.eq((left <= max_burst) & (left <= to_4k))]
-    return n, ends
-
-
-def _advance(m, *, next_group, addr, left, n, base, groups, pitch, group_beats, beat_bytes):
-    """After a burst of ``n`` beats at ``addr``: the next burst of the group, or (with
-    ``next_group``) the first of the next group, at ``base + pitch`` (two registers; the sum
-    is in parallel with ``next_group``, which selects it, and shorter than the in-group
-    ``addr + n * beat_bytes`` path after the burst length)."""
-    with m.If(next_group):
+def _advance(m, *, burst, addr, left, base, groups, pitch, group_beats):
+    """After ``burst`` (:func:`~lowbit.hw.load.next_burst` at ``addr``, ``left``): the next
+    burst of the group, or, when it ends a group with more after it, the first of the next
+    group, at ``base + pitch`` (two registers; the sum is in parallel with the burst's
+    compares, which select it)."""
+    with m.If(burst.ends & (groups != 0)):
         nxt = (base + pitch)[:32]
         m.d.sync += [addr.eq(nxt), base.eq(nxt), left.eq(group_beats), groups.eq(groups - 1)]
     with m.Else():
-        m.d.sync += [addr.eq(addr + (n << exact_log2(beat_bytes))), left.eq(left - n)]
+        m.d.sync += [addr.eq(burst.addr_next), left.eq(burst.left_next)]

@@ -10,7 +10,7 @@ from lowbit import isa
 from lowbit.config import AccelConfig
 from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
-from lowbit.hw.load import LoadUnit
+from lowbit.hw.load import LoadUnit, next_burst
 from lowbit.hw.mul import fits_dsp, mult18x18d_ports, product_register
 from lowbit.hw.pe import PE, SystolicArray
 from lowbit.hw.store import StoreUnit
@@ -564,3 +564,37 @@ def test_product_register_on_a_dsp_equals_the_logic(a_shape, b_shape, p_shape, i
             assert ctx.get(p_dsp) == want
 
     _run(m, tb)
+
+
+@pytest.mark.parametrize("beat_bytes,max_burst", [(4, 16), (8, 5), (16, 1), (64, 64),
+                                                  (64, 100), (32, 256)])
+def test_next_burst_matches_model(beat_bytes, max_burst):
+    """Length, last-burst flag and the walk after it, for random beat-aligned addresses
+    (many near a 4 KiB boundary) and remaining beats, against min(left, max_burst, beats to
+    the boundary)."""
+    m = Module()
+    addr, left = Signal(32), Signal(21)
+    burst = next_burst(m, addr, left, beat_bytes=beat_bytes, max_burst=max_burst)
+    rng = np.random.default_rng(beat_bytes * 1000 + max_burst)
+    span = 4096 // beat_bytes
+
+    async def tb(ctx):
+        for _ in range(400):
+            page = int(rng.integers(0, 1 << 20))
+            beat = int(rng.choice([int(rng.integers(0, span)), span - 1,
+                                   int(rng.integers(max(0, span - max_burst - 2), span))]))
+            a = page * 4096 + beat * beat_bytes
+            lf = int(rng.choice([int(rng.integers(1, 3 * max_burst + 2)),
+                                 int(rng.integers(1, 1 << 21))]))
+            ctx.set(addr, a)
+            ctx.set(left, lf)
+            n = min(lf, max_burst, span - beat)
+            assert ctx.get(burst.len_m1) == n - 1
+            assert ctx.get(burst.ends) == (n == lf)
+            assert ctx.get(burst.left_next) == lf - n
+            if n != lf:
+                assert ctx.get(burst.addr_next) == (a + n * beat_bytes) % (1 << 32)
+
+    sim = Simulator(m)      # combinational: no clock
+    sim.add_testbench(tb)
+    sim.run()
