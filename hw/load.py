@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -104,8 +104,9 @@ class LoadUnit(wiring.Component):
         # Descriptor of one in-flight LOAD, for the data side.
         d_layout = (("target", 2), ("sp_addr", 20), ("rows_m1", 16), ("row_beats_m1", 16),
                     ("push", 1))
-        m.submodules.desc = desc = SyncFIFO(width=sum(w for _, w in d_layout),
-                                            depth=LOAD_OUTSTANDING)
+        # (buffered: the data side compares the head's fields straight from a register)
+        m.submodules.desc = desc = SyncFIFOBuffered(width=sum(w for _, w in d_layout),
+                                                    depth=LOAD_OUTSTANDING)
         head, pos = {}, 0
         for name, width in d_layout:
             head[name] = desc.r_data[pos:pos + width]
