@@ -143,9 +143,14 @@ class ComputeUnit(wiring.Component):
         bank_wait = Array(Signal(range(tm["bank_wait"] + 1), name=f"bank_wait{b}")
                           for b in range(2))
 
+        # Registered copies of ``bank_wait[b] == 0`` and ``s_left <= 1``, kept from the next
+        # values of those counters, so that the handoff, which drives the S registers and the
+        # array's weight load, follows flip-flops through one gate.
+        bank_free = [Signal(init=1, name=f"bank_free{b}") for b in range(2)]
+        s_le1 = Signal(init=1)
         handoff = Signal()
-        m.d.comb += handoff.eq(p_valid & (p_fill_left == 0) & (s_left <= 1)
-                               & (p_sync | (bank_wait[next_bank] == 0)))
+        m.d.comb += handoff.eq(p_valid & (p_fill_left == 0) & s_le1
+                               & (p_sync | Mux(next_bank, bank_free[1], bank_free[0])))
         for b in range(2):
             with m.If(bank_wait[b] != 0):
                 m.d.sync += bank_wait[b].eq(bank_wait[b] - 1)
@@ -154,6 +159,16 @@ class ComputeUnit(wiring.Component):
         m.d.comb += issuing.eq(s_left != 0)
         last = Signal()            # last line read
         m.d.comb += last.eq(s_left == 1)
+        for b in range(2):
+            # bank_wait[b] is set (to a nonzero value) on a tile's last read on bank b
+            m.d.sync += bank_free[b].eq(~(issuing & last & ~s_sync & (bank == b))
+                                        & (bank_wait[b] <= 1))
+        s_new = Signal.like(s_left)     # s_left after a handoff
+        m.d.comb += s_new.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, p_reach, 0)))
+        with m.If(handoff):
+            m.d.sync += s_le1.eq(s_new <= 1)
+        with m.Elif(issuing):
+            m.d.sync += s_le1.eq(s_left <= 2)
         result = Signal()          # a line with a result (not a depthwise trailing line)
         m.d.comb += result.eq(issuing & ~s_sync & (s_left > s_tail))
         last_result = Signal()     # the line whose result completes the instruction
@@ -167,7 +182,7 @@ class ComputeUnit(wiring.Component):
         with m.If(handoff):
             m.d.sync += [
                 p_valid.eq(0),
-                s_left.eq(Mux(p_sync, 1, p_rows + Mux(p_dw, p_reach, 0))),
+                s_left.eq(s_new),
                 s_tail.eq(Mux(p_sync | ~p_dw, 0, p_reach)), s_dw.eq(p_dw & ~p_sync),
                 s_red.eq(p_red), s_first.eq(1),
                 s_act.eq(p_act), s_acc.eq(p_acc), s_accum.eq(p_accum), s_uns.eq(p_uns),
