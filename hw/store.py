@@ -30,13 +30,14 @@ CLAMP_BITS = 11
 class StoreUnit(wiring.Component):
     """Executes STORE (and SYNC on the store unit) in order.
 
-    A STORE reads its parameter line once at start (registered over the next two edges), then
-    reads accumulator lines through a pipeline of :data:`~lowbit.timing.STORE_STAGES`
-    register stages (read, memory output, ``+ bias``, two 17x16 partial products, their sum
-    ``x``, the rounding add, the shift, ReLU/zero point/clamp) into a packer that emits one W
-    beat per cycle (a line is ``cols`` bytes; several lines share a beat on wide buses, a line
-    spans several beats on narrow ones). AW bursts are issued one per cycle independently of the
-    data. Every stage stalls while ``wvalid & ~wready``.
+    A STORE reads its parameter line once, on the edge after its start (registered over the
+    next two edges), then reads accumulator lines through a pipeline of
+    :data:`~lowbit.timing.STORE_STAGES` register stages (read, memory output, ``+ bias``, two
+    17x16 partial products, their sum ``x``, the rounding add, the shift, ReLU/zero
+    point/clamp) into a packer that emits one W beat per cycle (a line is ``cols`` bytes;
+    several lines share a beat on wide buses, a line spans several beats on narrow ones). AW
+    bursts are issued one per cycle independently of the data. Every stage stalls while
+    ``wvalid & ~wready``.
 
     A 2-D STORE (``reps_m1 + 1`` groups of ``rows`` lines) is one stream through that
     pipeline: the read side walks the groups without a gap (after a group's last line the
@@ -109,6 +110,8 @@ class StoreUnit(wiring.Component):
         w_groups = Signal(RG)
         w_in_burst = Signal(9)
         active = Signal()           # a STORE is reading / streaming
+        prm_rd = Signal()           # read the parameter line (the edge after the start)
+        prm_addr = Signal.like(self.prm_addr)
         prm_load = Signal()         # the parameter line is on prm_data: register it
         sync_st = Signal()          # a SYNC gives its token on this cycle
         outstanding = Signal(range(N + 1))   # STOREs started and not completed
@@ -157,7 +160,11 @@ class StoreUnit(wiring.Component):
         start = Signal()
         m.d.comb += start.eq(self.instr.valid & can & (~pop | self.tok_prev.avail))
         m.d.comb += [self.instr.ready.eq(start), self.tok_prev.take.eq(start & pop)]
-        m.d.sync += [prm_load.eq(0), sync_st.eq(0)]
+        m.d.sync += [prm_rd.eq(0), prm_load.eq(prm_rd), sync_st.eq(0)]
+        # The parameter read is issued from registers, an edge after the start, so that no
+        # path runs from the instruction queue into the memory's address; the values are
+        # still in place before the first line needs them (bias: stage 2, at S + 3).
+        m.d.comb += [self.prm_en.eq(prm_rd), self.prm_addr.eq(prm_addr)]
         m.d.comb += self.tok_prev.give.eq(Mux(sync_st, push_prev,
                                               complete & done_q.r_data[CW]))
         m.d.sync += outstanding.eq(outstanding + (start & is_store) - complete)
@@ -168,7 +175,7 @@ class StoreUnit(wiring.Component):
                 bits = field(ins, F, "out_bits")
                 unsigned = field(ins, F, "out_unsigned")
                 nbeats = beats_of >> exact_log2(W)
-                m.d.comb += [self.prm_en.eq(1), self.prm_addr.eq(field(ins, F, "param_addr"))]
+                m.d.sync += [prm_rd.eq(1), prm_addr.eq(field(ins, F, "param_addr"))]
                 m.d.sync += [
                     relu.eq(field(ins, F, "relu")),
                     uns.eq(unsigned),
@@ -193,7 +200,6 @@ class StoreUnit(wiring.Component):
                     w_groups.eq(field(ins, F, "reps_m1")),
                     w_in_burst.eq(0),
                     active.eq(1),
-                    prm_load.eq(1),
                 ]
             with m.Else():
                 m.d.sync += sync_st.eq(1)
@@ -227,7 +233,7 @@ class StoreUnit(wiring.Component):
         # half_n = 2^(shift-1) - 1 (0 for shift 0) and the last term the adder's carry in.
         half_n = [Reg(XM + 1, name=f"half_n{j}") for j in range(C)]
         rounds = [Reg(1, name=f"rounds{j}") for j in range(C)]            # shift > 0
-        # Edge S + 1: the raw fields; edge S + 2: the capped shift and the rounding constant,
+        # Edge S + 2: the raw fields; edge S + 3: the capped shift and the rounding constant,
         # bits of one thermometer code ``shift > c`` (no carry chains).
         prm_load2 = Signal()
         m.d.sync += prm_load2.eq(prm_load)
@@ -245,7 +251,7 @@ class StoreUnit(wiring.Component):
                 m.d.sync += [shift[j].eq(s),
                              half_n[j].eq(Cat(*above[1:XM + 2])),
                              rounds[j].eq(above[0])]
-        # Output zero point z (byte 7, int8 or uint8 by out_unsigned), edge S + 1; edge S + 2:
+        # Output zero point z (byte 7, int8 or uint8 by out_unsigned), edge S + 2; edge S + 3:
         # the clamp thresholds on y, ``lo_th = max(lo - z, 0 if relu)`` and ``hi_th = hi - z``,
         # and the value stored below lo_th, ``lo_q = clamp(lo_th + z)`` (``lo``, or
         # ``clamp(z)`` with ReLU), so that the clamp stage needs no add before its compares.
