@@ -20,7 +20,8 @@ precision and a bus of ``max(32, 8 * rows)`` bits. Each line::
 when the report comes from the cache (``cached``). Progress goes to standard error.
 
 Usage: ``python benchmarks/resources.py [--out DIR] [--sizes 4 8 16] [--boards ulx3s-85f]
-[--tops accel array] [--precisions W4A8 W8A8] [--dsp-budget N] [--dw-taps T] [--force]``. The 16x16
+[--tops accel array] [--precisions W4A8 W8A8] [--dsp-budget N] [--dw-taps T] [--router R]
+[--timeout S] [--force]``. The 16x16
 ECP5 builds take many minutes each (nextpnr is single-threaded): run them in the background.
 """
 
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dw-taps", type=int, default=None, metavar="T",
                         help="depthwise FIR taps of every config (default: cols; 0: none)")
     parser.add_argument("--force", action="store_true", help="rebuild cached builds")
+    parser.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                        help="bound on each tool run, seconds (default 3600)")
     args = parser.parse_args(argv)
 
     def budget(board):
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     report, error = build(board, cfg, out_dir=args.out, top=top,
                                           dsp_budget=budget(board), router=args.router,
-                                          force=args.force,
+                                          force=args.force, timeout=args.timeout,
                                           progress=log), None
                 except BuildError as exc:
                     report, error = exc.report, exc
