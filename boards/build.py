@@ -91,8 +91,13 @@ def tool_path(tool: str) -> str:
     return found
 
 
+class _Timeout(BuildError):
+    """A tool run that did not finish in its time bound."""
+
+
 def _run(tool: str, args: list[str], *, cwd: Path, log: str, timeout: float) -> int:
-    """Run a tool with its output in ``cwd/log``; return the exit status."""
+    """Run a tool with its output in ``cwd/log``; return the exit status (:class:`_Timeout`
+    if it runs longer than ``timeout`` seconds)."""
     cmd = [tool_path(tool), *args]
     with open(cwd / log, "w") as f:
         f.write("# " + " ".join(cmd) + "\n")
@@ -101,8 +106,8 @@ def _run(tool: str, args: list[str], *, cwd: Path, log: str, timeout: float) -> 
             proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise BuildError(f"{tool} did not finish in {timeout:g} s; see "
-                             f"{cwd / log}") from None
+            raise _Timeout(f"{tool} did not finish in {timeout:g} s; see "
+                           f"{cwd / log}") from None
     return proc.returncode
 
 
@@ -407,6 +412,48 @@ def _log_utilisation(log: Path) -> dict:
     return util
 
 
+_ROUTER2_ITER = re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)")
+_ROUTER1_ITER = re.compile(r"^Info:\s+\d+ \|.*\|\s+(\d+)\|\s+[\d.]+\s+[\d.]+\|$")
+
+
+def _nextpnr_stage(log: Path) -> str:
+    """Where a nextpnr run stood, from its log: placing, or routing with how much of the
+    congestion (router2) or how many arcs (router1) was left."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if "Routing.." not in text and "Router2" not in text and "router2" not in text:
+        return "placement had not finished" if "Placing" in text or "placer" in text \
+            else "it had not started placing"
+    it2 = _ROUTER2_ITER.findall(text)
+    if it2:
+        it, over = it2[-1]
+        return (f"routing had not converged (router2 iteration {it}: {int(over):,} wires "
+                f"still overused)")
+    it1 = [m.group(1) for m in map(_ROUTER1_ITER.match, text.splitlines()) if m]
+    if it1:
+        return f"routing had not converged (router1: {int(it1[-1]):,} arcs left to route)"
+    return "routing had not finished"
+
+
+def _nextpnr_timeout(cfg: AccelConfig, board: Board, synth: Usage, log: Path,
+                     timeout: float) -> BuildError:
+    """The error for a nextpnr run stopped at its time bound: where it stood, how full the
+    placed design is, and what to lower (the depthwise FIR width, whose per-row adder trees
+    are what congests a 16x16 array, then the array size)."""
+    stage = _nextpnr_stage(log)
+    util = usage_from_nextpnr(_log_utilisation(log), board, synth)
+    full = ""
+    if util.logic:
+        r = board.resources
+        full = (f"; the placed design uses {util.logic:,} of {r.logic:,} {r.logic_unit} "
+                f"({100.0 * util.logic / r.logic:.0f}%)")
+    if cfg.fir_taps > 3:
+        param, why = "dw_taps", f"lower dw_taps ({cfg.fir_taps}; 3 keeps a 3x3 window)"
+    else:
+        param, why = "rows", f"lower rows ({cfg.rows})"
+    return BuildError(f"nextpnr-{board.family} did not finish in {timeout:g} s: {stage}"
+                      f"{full}; {why}, or allow more time (timeout); log: {log}", param=param)
+
+
 # -- the build ------------------------------------------------------------------------------
 
 def build_dir_for(board: str | Board, cfg: AccelConfig, *, out_dir: str | Path,
@@ -595,11 +642,14 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, r
     report.router = router
     say(f"{board.name}: nextpnr-{fam} (seed {report.seed}, {router})")
     t = time.monotonic()
-    rc = _run(f"nextpnr-{fam}", [*board.nextpnr_args, "--json", f"{NAME}.json", *cons, *out,
-                                 "--seed", str(report.seed), "--router", router,
-                                 "--report", "nextpnr.json",
-                                 "--timing-allow-fail", "-q", "--log", "nextpnr.log"],
-              cwd=bdir, log="nextpnr.out", timeout=timeout)
+    try:
+        rc = _run(f"nextpnr-{fam}", [*board.nextpnr_args, "--json", f"{NAME}.json", *cons,
+                                     *out, "--seed", str(report.seed), "--router", router,
+                                     "--report", "nextpnr.json",
+                                     "--timing-allow-fail", "-q", "--log", "nextpnr.log"],
+                  cwd=bdir, log="nextpnr.out", timeout=timeout)
+    except _Timeout:
+        raise _nextpnr_timeout(cfg, board, synth, bdir / "nextpnr.log", timeout) from None
     seconds["pnr"] = time.monotonic() - t
     if rc != 0:
         util = _log_utilisation(bdir / "nextpnr.log")

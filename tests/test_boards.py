@@ -37,6 +37,8 @@ from lowbit.boards.build import (
     _dsp_choice,
     _log_utilisation,
     _mul_cells,
+    _nextpnr_stage,
+    _nextpnr_timeout,
     _plan_dsps,
     _platform,
     tool_path,
@@ -176,6 +178,54 @@ def test_log_utilisation(tmp_path):
     log = tmp_path / "nextpnr.log"
     log.write_text(NEXTPNR_LOG)
     assert _log_utilisation(log)["ICESTORM_LC"] == {"used": 5472, "available": 5280}
+
+
+#: nextpnr-ecp5 log lines (utilisation after packing, both routers' progress), as 0.7 prints.
+ECP5_LOG_HEAD = """Info: Device utilisation:
+Info: \t          TRELLIS_COMB:   47201/  83640    56%
+Info: \t            TRELLIS_FF:   30755/  83640    36%
+Info: \t            MULT18X18D:     140/    156    89%
+Info: \t                DP16KD:     122/    208    58%
+Info: Placing
+Info: Running simulated annealing placer for refinement.
+"""
+ROUTER2_LOG = """Info: Routing..
+Info: Running router2...
+Info:     iter=1 wires=880262 overused=58021 overuse=61337 archfail=NA
+Info:     iter=9 wires=964926 overused=12550 overuse=12730 archfail=NA
+"""
+ROUTER1_LOG = """Info: Routing..
+Info: Routing 38010 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |      498        501 |  498   501 |     37645|       1.92       1.92|
+Info:      46000 |     7850      36293 |  151   849 |      3261|       1.69      53.75|
+"""
+
+
+def test_nextpnr_timeout_says_where_it_stood(tmp_path):
+    """A nextpnr run stopped at its time bound: one line with the stage it reached, how full
+    the placed design is, and the config field to lower."""
+    board, log = get_board("ulx3s-85f"), tmp_path / "nextpnr.log"
+    synth = usage_from_stat({"design": {"num_cells_by_type": {"LUT4": 40000}}}, board)
+    big = AccelConfig(rows=16, cols=16)
+    for text, stage in (
+            ("", "it had not started placing"),
+            (ECP5_LOG_HEAD, "placement had not finished"),
+            (ECP5_LOG_HEAD + ROUTER2_LOG,
+             "routing had not converged (router2 iteration 9: 12,550 wires still overused)"),
+            (ECP5_LOG_HEAD + ROUTER1_LOG,
+             "routing had not converged (router1: 3,261 arcs left to route)")):
+        log.write_text(text)
+        assert _nextpnr_stage(log) == stage
+        err = _nextpnr_timeout(big, board, synth, log, 3600)
+        assert isinstance(err, BuildError) and err.param == "dw_taps"
+        full = "; the placed design uses 47,201 of 83,640 LUT4 (56%)" if text else ""
+        assert str(err) == (f"nextpnr-ecp5 did not finish in 3600 s: {stage}{full}; lower "
+                            f"dw_taps (16; 3 keeps a 3x3 window), or allow more time "
+                            f"(timeout); log: {log}")
+    err = _nextpnr_timeout(AccelConfig(rows=16, cols=16, dw_taps=3), board, synth, log, 60)
+    assert err.param == "rows" and "lower rows (16), or allow more time" in str(err)
 
 
 def test_critical_path_summary():
