@@ -5,7 +5,7 @@ import functools
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
@@ -132,10 +132,10 @@ class StoreUnit(wiring.Component):
 
         # -- completion: one entry per STORE whose data went out, oldest first ------------
         # An entry holds the value of ``aw_issued`` after the STORE's last burst; the STORE
-        # completes on the B response that brings ``b_seen`` to it. (Buffered: the head is a
-        # register; an entry is readable an edge after it is written, before any B response
-        # for its last burst can come: that needs the last W beat accepted first.)
-        m.submodules.done_q = done_q = SyncFIFOBuffered(width=CW + 1, depth=N)
+        # completes on the B response that brings ``b_seen`` to it. (Not a buffered FIFO: with
+        # W beats ahead of the last AW, that B response can come on the edge after the entry
+        # is written, and a buffered head would show it an edge too late.)
+        m.submodules.done_q = done_q = SyncFIFO(width=CW + 1, depth=N)
         complete = Signal()
         m.d.comb += [
             complete.eq(done_q.r_rdy & b_fire & ((b_seen + 1)[:CW] == done_q.r_data[:CW])),
