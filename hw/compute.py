@@ -251,9 +251,13 @@ class ComputeUnit(wiring.Component):
         pw = array.psum_bits
         for j in range(C):
             # The array's result (a sign-extended psum_bits value) and the factor are
-            # registered, then their product: on an ECP5 DSP, its input and output registers.
+            # registered, then their product: on an ECP5 DSP, its input registers, and a
+            # fabric register by the accumulating adder and the accumulator memory (with
+            # the DSP's output register instead, its output net to them was the critical
+            # path of 4x4 W4A8).
             product_register(m, a=array.p[j][:pw].as_signed(), b=scl["mul"] + 1, p=scaled[j],
-                             input_regs=True, dsp=dsp, name=f"scale{j}")
+                             input_regs=True, dsp=dsp, name=f"scale{j}",
+                             dsp_output_reg=False)
         m.d.comb += [self.acc_rd_en.eq(rd["valid"]), self.acc_rd_addr.eq(rd["addr"])]
         m.d.comb += [self.acc_wr_en.eq(wr["valid"]), self.acc_wr_addr.eq(wr["addr"])]
         forward = Signal()

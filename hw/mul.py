@@ -47,17 +47,18 @@ def fits_dsp(a: Value, b: Value) -> bool:
     return bits(a) <= DSP_WIDTH and bits(b) <= DSP_WIDTH
 
 
-def mult18x18d_ports(*, a: Value, b: Value, p: Signal, en: Value, input_regs: bool) -> dict:
+def mult18x18d_ports(*, a: Value, b: Value, p: Signal, en: Value, input_regs: bool,
+                     output_reg: bool = True) -> dict:
     """The parameters and connections (``Instance`` keywords) of one MULT18X18D computing
-    ``p <= a * b`` (operands extended to 18 bits by their own signedness, both multiplied
+    ``p = a * b`` (operands extended to 18 bits by their own signedness, both multiplied
     as signed; ``p`` takes the low bits of the 36-bit product) on the ``sync`` clock, with
-    clock enable ``en``, its output register on and its input registers on if
-    ``input_regs``; no reset, GSR off (the registers start at zero)."""
+    clock enable ``en``, its input registers on if ``input_regs`` and its output register
+    on if ``output_reg``; no reset, GSR off (the registers start at zero)."""
     assert fits_dsp(a, b), (len(a), len(b))
     clk = {True: "CLK0", False: "NONE"}
     kw = {"p_REG_INPUTA_CLK": clk[input_regs], "p_REG_INPUTB_CLK": clk[input_regs],
           "p_REG_INPUTC_CLK": "NONE", "p_REG_PIPELINE_CLK": "NONE",
-          "p_REG_OUTPUT_CLK": "CLK0", "p_GSR": "DISABLED", "p_RESETMODE": "SYNC",
+          "p_REG_OUTPUT_CLK": clk[output_reg], "p_GSR": "DISABLED", "p_RESETMODE": "SYNC",
           "i_CLK0": ClockSignal("sync"), "i_CE0": en, "i_RST0": Const(0, 1),
           "i_SIGNEDA": Const(1, 1), "i_SIGNEDB": Const(1, 1),
           "i_SOURCEA": Const(0, 1), "i_SOURCEB": Const(0, 1)}
@@ -76,20 +77,28 @@ def mult18x18d_ports(*, a: Value, b: Value, p: Signal, en: Value, input_regs: bo
 
 
 def product_register(m, *, a: Value, b: Value, p: Signal, en: Value | None = None,
-                     input_regs: bool, dsp: bool, name: str):
+                     input_regs: bool, dsp: bool, name: str, dsp_output_reg: bool = True):
     """Add to module ``m``: ``p <= a * b`` on the edges where ``en`` is high, after ``a`` and
     ``b`` are themselves registered (on the same edges) if ``input_regs``: latency 1, or 2
     with ``input_regs``, from the operands to ``p``. ``p`` must be a ``reset_less`` signal at
     most 36 bits wide; it keeps the low bits of the product.
 
     With ``dsp`` (and operands :func:`fits_dsp`) this is one MULT18X18D instance named
-    ``name`` with its registers on; otherwise the same registers and a ``*`` in logic."""
+    ``name`` whose input registers are the operand registers, and whose output register is
+    ``p`` if ``dsp_output_reg``; without it ``p`` is a fabric register after the block (for
+    a product whose consumers are far from the DSP column: the placer puts ``p`` next to
+    them). Otherwise the same registers and a ``*`` in logic."""
     assert p.reset_less, p.name
     en = Const(1, 1) if en is None else en
     # yosys gives a DSP to operands of 2 bits or more only (boards.build counts the same)
     if dsp and fits_dsp(a, b) and min(len(a), len(b)) >= 2 and len(p) <= 2 * DSP_WIDTH:
+        out = p
+        if not dsp_output_reg:
+            out = Signal(len(p), name=f"{name}_p")
+            with m.If(en):
+                m.d.sync += p.eq(out)
         m.submodules[name] = Instance("MULT18X18D", **mult18x18d_ports(
-            a=a, b=b, p=p, en=en, input_regs=input_regs))
+            a=a, b=b, p=out, en=en, input_regs=input_regs, output_reg=dsp_output_reg))
         return
     if input_regs:
         a_q = Signal(a.shape(), name=f"{name}_a", reset_less=True)

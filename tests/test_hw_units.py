@@ -2,16 +2,17 @@
 
 import numpy as np
 import pytest
-from amaranth import Cat, ClockSignal, Const, Elaboratable, Module, Signal, signed, unsigned
+from amaranth import Cat, ClockSignal, Elaboratable, Module, Signal, signed, unsigned
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from lowbit import isa
 from lowbit.config import AccelConfig
+from lowbit.hw import mul
 from lowbit.hw.decode import field
 from lowbit.hw.linemem import LineMemory
 from lowbit.hw.load import LoadUnit, next_burst
-from lowbit.hw.mul import fits_dsp, mult18x18d_ports, product_register
+from lowbit.hw.mul import fits_dsp, product_register
 from lowbit.hw.pe import PE, SystolicArray
 from lowbit.hw.store import StoreUnit
 from lowbit.layout import param_zero, requantize
@@ -472,7 +473,8 @@ class _Mult18x18dModel(Elaboratable):
     """MULT18X18D (Lattice sysDSP, as FPGA-TN-02205 describes it) for the subset the
     generator uses, built from the ``Instance`` keywords: A and B registered on CLK0 with
     CE0 when their REG_INPUT*_CLK is CLK0, multiplied as signed 18-bit values (SIGNEDA/B
-    high), the 36-bit product registered on CLK0 with CE0 when REG_OUTPUT_CLK is CLK0."""
+    high), the 36-bit product registered on CLK0 with CE0 when REG_OUTPUT_CLK is CLK0 (else
+    straight out)."""
 
     def __init__(self, kw):
         self.kw = kw
@@ -502,16 +504,19 @@ class _Mult18x18dModel(Elaboratable):
 
         prod = Signal(signed(36))
         m.d.comb += prod.eq(operand("A") * operand("B"))
-        assert kw["p_REG_OUTPUT_CLK"] == "CLK0"
-        out = Signal(signed(36))
-        with m.If(ce):
-            m.d.sync += out.eq(prod)
+        out = prod
+        if kw["p_REG_OUTPUT_CLK"] != "NONE":
+            assert kw["p_REG_OUTPUT_CLK"] == "CLK0"
+            out = Signal(signed(36))
+            with m.If(ce):
+                m.d.sync += out.eq(prod)
         for k in range(36):
             if f"o_P{k}" in kw:
                 m.d.comb += kw[f"o_P{k}"].eq(out[k])
         return m
 
 
+@pytest.mark.parametrize("dsp_output_reg", [True, False])
 @pytest.mark.parametrize("a_shape,b_shape,p_shape,input_regs,use_en", [
     (signed(9), signed(4), signed(13), False, False),       # a PE's product
     (signed(17), unsigned(9), signed(32), True, False),     # the compute unit's scaling
@@ -520,11 +525,12 @@ class _Mult18x18dModel(Elaboratable):
     (signed(18), signed(18), signed(36), True, True),       # the widest operands
     (unsigned(5), signed(7), signed(16), True, True),
 ])
-def test_product_register_on_a_dsp_equals_the_logic(a_shape, b_shape, p_shape, input_regs,
-                                                     use_en):
-    """product_register's logic and its MULT18X18D (the instance keywords driving a model of
-    the primitive) hold the product a * b of the operands of the enabled edge(s) before,
-    low bits of it, cycle by cycle with random operands and enable."""
+def test_product_register_on_a_dsp_equals_the_logic(monkeypatch, a_shape, b_shape, p_shape,
+                                                     input_regs, use_en, dsp_output_reg):
+    """product_register's logic and its MULT18X18D (the instance's keywords driving a model
+    of the primitive in its place) hold the product a * b of the operands of the enabled
+    edge(s) before, low bits of it, cycle by cycle with random operands and enable; with the
+    block's output register or a fabric one after it."""
     m = Module()
     a, b, en = Signal(a_shape), Signal(b_shape), Signal()
     p_logic = Signal(p_shape, reset_less=True)
@@ -533,9 +539,17 @@ def test_product_register_on_a_dsp_equals_the_logic(a_shape, b_shape, p_shape, i
     product_register(m, a=a, b=b, p=p_logic, en=enable, input_regs=input_regs, dsp=False,
                      name="logic")
     assert fits_dsp(a, b)
-    m.submodules.dsp = _Mult18x18dModel(mult18x18d_ports(
-        a=a, b=b, p=p_dsp, en=Const(1, 1) if enable is None else enable,
-        input_regs=input_regs))
+    made = []
+
+    def instance(kind, **kw):
+        assert kind == "MULT18X18D"
+        made.append(kw)
+        return _Mult18x18dModel(kw)
+    monkeypatch.setattr(mul, "Instance", instance)
+    product_register(m, a=a, b=b, p=p_dsp, en=enable, input_regs=input_regs, dsp=True,
+                     name="dsp", dsp_output_reg=dsp_output_reg)
+    assert len(made) == 1
+    assert made[0]["p_REG_OUTPUT_CLK"] == ("CLK0" if dsp_output_reg else "NONE")
     rng = np.random.default_rng(len(a) * 100 + len(b) + input_regs)
 
     def draw(shape):
@@ -560,6 +574,8 @@ def test_product_register_on_a_dsp_equals_the_logic(a_shape, b_shape, p_shape, i
             want = p_model & ((1 << p_shape.width) - 1)
             if p_shape.signed and want >> (p_shape.width - 1):
                 want -= 1 << p_shape.width
+            ctx.set(a, draw(a_shape))       # a registered product ignores the new operands
+            ctx.set(b, draw(b_shape))
             assert ctx.get(p_logic) == want
             assert ctx.get(p_dsp) == want
 
