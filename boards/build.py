@@ -18,8 +18,8 @@ compares it with ``cfg.clock_mhz``. For Xilinx boards it writes a ready Vivado p
   rest to LUTs; on iCE40 and Xilinx all go to LUTs. If synthesis still uses too many DSPs,
   PE rows (then all multipliers) move to LUTs and it synthesizes again. On ECP5 the design
   is then elaborated again with that choice (:class:`~lowbit.hw.mul.DspChoice`): the
-  registered products given a DSP become MULT18X18D instances with their own input and
-  output registers on, which yosys' ECP5 mapping would leave unused.
+  registered products given a DSP become MULT18X18D instances with their own registers on,
+  which yosys' ECP5 mapping would leave unused.
 * **Deterministic and cached.** nextpnr runs with a fixed seed. Each build lives in
   ``out_dir/<board>/<config name>[-<top>]/`` with a ``report.json`` (written atomically);
   a later build of the same config, board, top and options returns it without running
