@@ -54,7 +54,7 @@ from .estimate import (
     usage_from_stat,
 )
 from .report import REPORT_VERSION, BuildError, BuildReport
-from .targets import DSP_CHOICES, ROUTERS, TOPS, Board, get_board
+from .targets import DSP_CHOICES, DSP_MIN_BITS, DSP_SIZE, ROUTERS, TOPS, Board, get_board
 
 __all__ = ["BuildError", "BuildReport", "build", "build_dir_for", "tool_path"]
 
@@ -156,8 +156,6 @@ def _source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-#: DSP multiplier size per family (yosys mul2dsp: A x B signed, inputs of 2 bits or more).
-_DSP_SIZE = {"ice40": (16, 16), "ecp5": (18, 18), "xc7": (25, 18)}
 _PE_MODULE = re.compile(r"\.pe_(\d+)_(\d+)$")
 _RTLIL_MUL = re.compile(r"^\s*cell \$mul \S+\n(.*?)^\s*end$", re.M | re.S)
 _RTLIL_CONST = re.compile(r"^\s*connect \\[AB] \d+'[01xz]+\s*$", re.M)
@@ -179,8 +177,8 @@ def _mul_cells(il_text: str) -> list[tuple[str, int, int]]:
 
 def _dsp_cost(family: str, a: int, b: int) -> int:
     """DSP blocks yosys uses for an ``a x b`` multiplier (0 if too narrow for one)."""
-    da, db = _DSP_SIZE[family]
-    if min(a, b) < 2:
+    da, db = DSP_SIZE[family]
+    if min(a, b) < DSP_MIN_BITS:
         return 0
     return -(-a // da) * -(-b // db)
 
@@ -256,12 +254,12 @@ def _plan_dsps(board: Board, il_text: str, dsp: str, budget: int | None = None) 
 def _dsp_choice(board: Board, cfg: AccelConfig, plan: DspPlan):
     """The :class:`~lowbit.hw.mul.DspChoice` an ECP5 elaboration builds ``plan`` with (empty:
     plain multipliers, for the other families and when nothing goes to a DSP)."""
-    from lowbit.hw.mul import DspChoice
+    from lowbit.hw.mul import DSP_UNITS, DspChoice
 
     if board.family != "ecp5" or plan.mode == "none":
         return DspChoice()
     if plan.mode == "all":
-        return DspChoice(units=frozenset({"compute", "store"}),
+        return DspChoice(units=DSP_UNITS,
                          pes=frozenset((i, j) for i in range(cfg.rows)
                                        for j in range(cfg.cols)))
     pes, units = set(), set()
@@ -583,18 +581,15 @@ def _synth_script(board: Board, plan: DspPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _synthesize(board: Board, cfg: AccelConfig, platform, elab, bdir: Path, plan: DspPlan,
-                timeout, say) -> Usage:
-    from lowbit.hw.mul import DspChoice
+def _extract(platform_cls, elab, bdir: Path, choice) -> None:
+    """Write the build files of ``elab`` elaborated with DSP ``choice`` into ``bdir`` (on a
+    fresh platform: one builds once)."""
+    platform = platform_cls()
+    platform.lowbit_dsp = choice
+    platform.build(elab, name=NAME, do_build=False).extract(bdir)
 
-    choice = _dsp_choice(board, cfg, plan)
-    if choice != getattr(platform, "lowbit_extracted", DspChoice()):
-        # Elaborate again (a platform builds once: on a fresh one of the same class): the
-        # products given a DSP become MULT18X18D instances.
-        fresh = type(platform)()
-        fresh.lowbit_dsp = choice
-        fresh.build(elab, name=NAME, do_build=False).extract(bdir)
-        platform.lowbit_extracted = choice
+
+def _synthesize(board: Board, bdir: Path, plan: DspPlan, timeout, say) -> Usage:
     (bdir / "synth.ys").write_text(_synth_script(board, plan))
     shutil.copyfile(SOFTMUL, bdir / SOFTMUL.name)     # yosys (WASI) sees the build folder only
     say(f"{board.name}: yosys synth_{board.family} (DSPs: {plan.describe()})")
@@ -607,11 +602,25 @@ def _synthesize(board: Board, cfg: AccelConfig, platform, elab, bdir: Path, plan
 
 def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, router,
                    timeout, say, t_start) -> BuildReport:
+    from lowbit.hw.mul import DspChoice
+
     seconds = {}
     t = time.monotonic()
-    platform.build(elab, name=NAME, do_build=False).extract(bdir)
+    extracted = DspChoice()
+    _extract(type(platform), elab, bdir, extracted)
     plan = _plan_dsps(board, (bdir / f"{NAME}.il").read_text(), dsp, budget)
-    synth = _synthesize(board, cfg, platform, elab, bdir, plan, timeout, say)
+
+    def synthesize(plan):
+        # Elaborate again when the plan changes what is built on DSPs: the products given
+        # one become MULT18X18D instances.
+        nonlocal extracted
+        choice = _dsp_choice(board, cfg, plan)
+        if choice != extracted:
+            _extract(type(platform), elab, bdir, choice)
+            extracted = choice
+        return _synthesize(board, bdir, plan, timeout, say)
+
+    synth = synthesize(plan)
     # The DSP count per multiplier is an estimate: if synthesis used too many, move PE rows
     # (or, failing that, every multiplier) to LUTs and synthesize again.
     for _attempt in range(2):
@@ -623,7 +632,7 @@ def _build_nextpnr(board, cfg, top, platform, elab, report, bdir, dsp, budget, r
             plan = DspPlan("none", [])
         say(f"{board.name}: {synth.dsps} {board.resources.dsp_unit} > {budget}: "
             f"synthesizing again (DSPs: {plan.describe()})")
-        synth = _synthesize(board, cfg, platform, elab, bdir, plan, timeout, say)
+        synth = synthesize(plan)
     seconds["synth"] = time.monotonic() - t
     report.dsp_mapping = plan.describe()
     if synth.overflows(board):

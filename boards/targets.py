@@ -33,6 +33,11 @@ DSP_CHOICES = ("auto", "on", "off")
 #: nextpnr routers a build may use; ``"auto"`` picks one from the synthesized size.
 ROUTERS = ("auto", "router1", "router2")
 
+#: DSP block multiplier size per family, as yosys maps a ``$mul`` onto it (mul2dsp: A x B
+#: signed), and the narrowest operand yosys gives a DSP.
+DSP_SIZE = {"ice40": (16, 16), "ecp5": (18, 18), "xc7": (25, 18)}
+DSP_MIN_BITS = 2
+
 
 class UnknownBoardError(ValueError):
     """An unknown board name."""

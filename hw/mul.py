@@ -14,19 +14,23 @@ from dataclasses import dataclass, field
 
 from amaranth import ClockSignal, Const, Instance, Signal, Value
 
-__all__ = ["DSP_WIDTH", "DspChoice", "dsp_choice", "fits_dsp", "mult18x18d_ports",
+from lowbit.boards.targets import DSP_MIN_BITS, DSP_SIZE
+
+__all__ = ["DSP_UNITS", "DSP_WIDTH", "DspChoice", "dsp_choice", "fits_dsp", "mult18x18d_ports",
            "product_register"]
 
 #: MULT18X18D operands: 18-bit signed (an unsigned operand fits in 17 bits).
-DSP_WIDTH = 18
+DSP_WIDTH = DSP_SIZE["ecp5"][0]
+#: The units whose registered products can be MULT18X18D instances.
+DSP_UNITS = frozenset({"compute", "store"})
 
 
 @dataclass(frozen=True)
 class DspChoice:
     """Which registered products are built as MULT18X18D instances: those of the units named
-    in ``units`` (``"compute"``: the scaling, ``"store"``: the partial products) and of the
-    PEs at the ``(row, col)`` positions in ``pes``. An elaboration finds it as
-    ``platform.lowbit_dsp``."""
+    in ``units`` (of :data:`DSP_UNITS`: ``"compute"``, the scaling; ``"store"``, the partial
+    products) and of the PEs at the ``(row, col)`` positions in ``pes``. An elaboration
+    finds it as ``platform.lowbit_dsp``."""
 
     units: frozenset = field(default_factory=frozenset)
     pes: frozenset = field(default_factory=frozenset)
@@ -90,8 +94,9 @@ def product_register(m, *, a: Value, b: Value, p: Signal, en: Value | None = Non
     them). Otherwise the same registers and a ``*`` in logic."""
     assert p.reset_less, p.name
     en = Const(1, 1) if en is None else en
-    # yosys gives a DSP to operands of 2 bits or more only (boards.build counts the same)
-    if dsp and fits_dsp(a, b) and min(len(a), len(b)) >= 2 and len(p) <= 2 * DSP_WIDTH:
+    # yosys gives no DSP to a narrower operand (boards.build counts the same)
+    if dsp and fits_dsp(a, b) and min(len(a), len(b)) >= DSP_MIN_BITS \
+            and len(p) <= 2 * DSP_WIDTH:
         out = p
         if not dsp_output_reg:
             out = Signal(len(p), name=f"{name}_p")
